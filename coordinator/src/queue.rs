@@ -1,0 +1,453 @@
+//! The job state machine, in SQL.
+//!
+//! Every transition a job can take is one statement in this module, guarded in
+//! its `WHERE` clause by the state it expects and, for leased jobs, by the lease
+//! token. Nothing else in benchq writes to `jobs` or `attempts`, so this file is
+//! the whole state machine: read it together with `docs/state-machine.md`.
+//!
+//! The database enforces what must hold whoever writes: a running job has a
+//! lease token and nothing else does, at most one job runs per (tenant,
+//! namespace slot), and attempts never exceed `max_attempts`.
+
+use std::time::Duration;
+
+use sqlx::{FromRow, PgPool, Postgres, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The channel on which the coordinator hears that queued work appeared.
+pub const JOBS_CHANNEL: &str = "benchq_jobs";
+
+/// The name of the index that keeps one running job per (tenant, slot).
+const ONE_RUNNING_PER_SLOT: &str = "jobs_one_running_per_slot";
+
+/// What can go wrong in a transition, beyond the database itself.
+#[derive(Debug)]
+pub enum QueueError {
+    /// The lease token is not the job's current lease (stale, unknown or completed
+    /// with another outcome). Nothing was changed.
+    LeaseNotHeld(String),
+    /// The batch id is already taken (EnqueueBatch never appends).
+    BatchExists(Uuid),
+    /// The batch belongs to another tenant.
+    BatchOfOtherTenant(Uuid),
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for QueueError {
+    fn from(e: sqlx::Error) -> Self {
+        QueueError::Database(e)
+    }
+}
+
+impl std::fmt::Display for QueueError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueError::LeaseNotHeld(why) => write!(f, "lease not held: {why}"),
+            QueueError::BatchExists(id) => write!(f, "batch {id} already exists"),
+            QueueError::BatchOfOtherTenant(id) => {
+                write!(f, "batch {id} belongs to another tenant")
+            }
+            QueueError::Database(e) => write!(f, "database error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for QueueError {}
+
+pub type Result<T, E = QueueError> = std::result::Result<T, E>;
+
+/// The arguments of a job, as validated at the edge (see `validate.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobArgs {
+    pub tenant_id: String,
+    pub scenario_id: String,
+    pub model: String,
+    pub provider: String,
+    pub mcp_server: String,
+    pub tool_server: String,
+    pub tool_server_version: String,
+    pub skill_file: String,
+    pub skill_id: String,
+    pub skill_version: String,
+    pub skill_source: String,
+    pub skill_sha256: String,
+    pub namespace_slot: i32,
+    pub parallel: i32,
+    pub max_attempts: i32,
+}
+
+/// A stored job: its arguments and where it is in the state machine.
+#[derive(Debug, Clone, FromRow)]
+pub struct JobRow {
+    pub id: Uuid,
+    pub batch_id: Uuid,
+    pub position: i32,
+    pub tenant_id: String,
+    pub scenario_id: String,
+    pub model: String,
+    pub provider: String,
+    pub mcp_server: String,
+    pub tool_server: String,
+    pub tool_server_version: String,
+    pub skill_file: String,
+    pub skill_id: String,
+    pub skill_version: String,
+    pub skill_source: String,
+    pub skill_sha256: String,
+    pub namespace_slot: i32,
+    pub parallel: i32,
+    pub max_attempts: i32,
+    pub state: String,
+    pub attempt: i32,
+    pub lease_token: Option<Uuid>,
+    pub created_at: OffsetDateTime,
+    pub started_at: Option<OffsetDateTime>,
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+/// One lease of a job and how it ended.
+#[derive(Debug, Clone, FromRow)]
+pub struct AttemptRow {
+    pub job_id: Uuid,
+    pub attempt: i32,
+    pub agent_id: String,
+    pub started_at: OffsetDateTime,
+    pub finished_at: Option<OffsetDateTime>,
+    pub outcome: Option<String>,
+    pub exit_code: Option<i32>,
+    pub duration_ms: Option<i64>,
+    pub error: Option<String>,
+    pub output_tail: Option<String>,
+    pub metrics: Option<serde_json::Value>,
+}
+
+/// What an agent reports at the end of a lease.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// `PASSED`, `FAILED` or `ERROR`.
+    pub outcome: &'static str,
+    pub exit_code: Option<i32>,
+    pub duration_ms: i64,
+    pub error: String,
+    pub output_tail: String,
+    pub metrics: Option<serde_json::Value>,
+}
+
+const JOB_COLUMNS: &str = "id, batch_id, position, tenant_id, scenario_id, model, provider, \
+    mcp_server, tool_server, tool_server_version, skill_file, skill_id, skill_version, \
+    skill_source, skill_sha256, namespace_slot, parallel, max_attempts, state, attempt, \
+    lease_token, created_at, started_at, finished_at";
+
+/// Transition `(none) -> queued` for a whole batch: one job per scenario id,
+/// job `i` on slot `i % parallel`, all in one transaction.
+///
+/// `shared` carries the fields every job has in common; its `scenario_id` and
+/// `namespace_slot` are ignored. Fails with [`QueueError::BatchExists`] when
+/// `batch_id` is already used, and writes nothing.
+pub async fn enqueue_batch(
+    pool: &PgPool,
+    batch_id: Uuid,
+    shared: &JobArgs,
+    scenario_ids: &[String],
+) -> Result<Vec<Uuid>> {
+    let ids: Vec<Uuid> = scenario_ids.iter().map(|_| Uuid::new_v4()).collect();
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO jobs (id, batch_id, position, tenant_id, scenario_id, model, provider, \
+             mcp_server, tool_server, tool_server_version, skill_file, skill_id, skill_version, \
+             skill_source, skill_sha256, namespace_slot, parallel, max_attempts) \
+         SELECT s.id, $1, (s.ord - 1)::int, $2, s.scenario, $3, $4, $5, $6, $7, $8, $9, $10, \
+             $11, $12, ((s.ord - 1) % $13)::int, $13, $14 \
+         FROM unnest($15::uuid[], $16::text[]) WITH ORDINALITY AS s(id, scenario, ord)",
+    )
+    .bind(batch_id)
+    .bind(&shared.tenant_id)
+    .bind(&shared.model)
+    .bind(&shared.provider)
+    .bind(&shared.mcp_server)
+    .bind(&shared.tool_server)
+    .bind(&shared.tool_server_version)
+    .bind(&shared.skill_file)
+    .bind(&shared.skill_id)
+    .bind(&shared.skill_version)
+    .bind(&shared.skill_source)
+    .bind(&shared.skill_sha256)
+    .bind(shared.parallel)
+    .bind(shared.max_attempts)
+    .bind(&ids)
+    .bind(scenario_ids)
+    .execute(&mut *tx)
+    .await;
+    match inserted {
+        Err(e) if is_unique_violation(&e, "jobs_batch_id_position_key") => {
+            return Err(QueueError::BatchExists(batch_id));
+        }
+        other => other?,
+    };
+    notify_queued(&mut tx).await?;
+    tx.commit().await?;
+    Ok(ids)
+}
+
+/// Transition `(none) -> queued` for one job. With a new `batch_id` the job is
+/// the first of its batch; with an existing one it is appended, provided the
+/// batch belongs to the same tenant.
+pub async fn enqueue(pool: &PgPool, batch_id: Uuid, args: &JobArgs) -> Result<Uuid> {
+    let id = Uuid::new_v4();
+    // Two Enqueues appending to one batch at once may pick the same position;
+    // the unique (batch_id, position) key makes one of them try again.
+    for _ in 0..16 {
+        let mut tx = pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (id, batch_id, position, tenant_id, scenario_id, model, provider, \
+                 mcp_server, tool_server, tool_server_version, skill_file, skill_id, \
+                 skill_version, skill_source, skill_sha256, namespace_slot, parallel, max_attempts) \
+             SELECT $1, $2, coalesce(max(position) + 1, 0), $3, $4, $5, $6, $7, $8, $9, $10, \
+                 $11, $12, $13, $14, $15, $16, $17 \
+             FROM jobs WHERE batch_id = $2 \
+             HAVING bool_and(tenant_id = $3) IS NOT FALSE",
+        )
+        .bind(id)
+        .bind(batch_id)
+        .bind(&args.tenant_id)
+        .bind(&args.scenario_id)
+        .bind(&args.model)
+        .bind(&args.provider)
+        .bind(&args.mcp_server)
+        .bind(&args.tool_server)
+        .bind(&args.tool_server_version)
+        .bind(&args.skill_file)
+        .bind(&args.skill_id)
+        .bind(&args.skill_version)
+        .bind(&args.skill_source)
+        .bind(&args.skill_sha256)
+        .bind(args.namespace_slot)
+        .bind(args.parallel)
+        .bind(args.max_attempts)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(e) if is_unique_violation(&e, "jobs_batch_id_position_key") => continue,
+            Err(e) => return Err(e.into()),
+            Ok(r) if r.rows_affected() == 0 => return Err(QueueError::BatchOfOtherTenant(batch_id)),
+            Ok(_) => {}
+        }
+        notify_queued(&mut tx).await?;
+        tx.commit().await?;
+        return Ok(id);
+    }
+    Err(QueueError::Database(sqlx::Error::Protocol(
+        "too many concurrent appends to one batch".into(),
+    )))
+}
+
+/// Wakes every coordinator's waiting Leases once the transaction commits.
+async fn notify_queued(tx: &mut Transaction<'_, Postgres>) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(JOBS_CHANNEL)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Transition `queued -> running`: the oldest queued job on one of `slots`
+/// (of `tenant`, when not empty) whose (tenant, slot) has nothing running.
+///
+/// `FOR UPDATE SKIP LOCKED` keeps concurrent leasers off each other's rows; the
+/// `state = 'queued'` guard and the one-running-per-slot index make a double
+/// lease impossible even if they did not. The attempt row is written by the
+/// same statement. Returns `None` when there is nothing to lease.
+pub async fn lease(
+    pool: &PgPool,
+    agent_id: &str,
+    slots: &[i32],
+    tenant: &str,
+    ttl: Duration,
+) -> Result<Option<(JobRow, Uuid)>> {
+    let token = Uuid::new_v4();
+    let sql = format!(
+        "WITH candidate AS ( \
+             SELECT j.id FROM jobs j \
+             WHERE j.state = 'queued' AND j.namespace_slot = ANY($1) \
+               AND ($2 = '' OR j.tenant_id = $2) \
+               AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.state = 'running' \
+                   AND r.tenant_id = j.tenant_id AND r.namespace_slot = j.namespace_slot) \
+             ORDER BY j.seq LIMIT 1 \
+             FOR UPDATE SKIP LOCKED \
+         ), leased AS ( \
+             UPDATE jobs SET state = 'running', attempt = jobs.attempt + 1, lease_token = $3, \
+                 lease_expires_at = now() + make_interval(secs => $4), heartbeat_at = now(), \
+                 started_at = coalesce(jobs.started_at, now()) \
+             FROM candidate WHERE jobs.id = candidate.id AND jobs.state = 'queued' \
+             RETURNING jobs.* \
+         ), recorded AS ( \
+             INSERT INTO attempts (job_id, attempt, lease_token, agent_id) \
+             SELECT id, attempt, lease_token, $5 FROM leased \
+         ) \
+         SELECT {JOB_COLUMNS} FROM leased"
+    );
+    // Two leasers of one (tenant, slot) can both see it idle and race; the
+    // index lets one win and the other looks again (and then sees it busy).
+    for _ in 0..8 {
+        let row = sqlx::query_as::<_, JobRow>(&sql)
+            .bind(slots)
+            .bind(tenant)
+            .bind(token)
+            .bind(ttl.as_secs_f64())
+            .bind(agent_id)
+            .fetch_optional(pool)
+            .await;
+        match row {
+            Err(e) if is_unique_violation(&e, ONE_RUNNING_PER_SLOT) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(row) => return Ok(row.map(|r| (r, token))),
+        }
+    }
+    Ok(None)
+}
+
+/// Keeps a lease alive: `running -> running` with a later expiry, for the
+/// current lease token only. Returns whether an operator asked for the job to
+/// stop (always false until cancel exists).
+pub async fn heartbeat(pool: &PgPool, token: Uuid, ttl: Duration) -> Result<bool> {
+    let kept = sqlx::query(
+        "UPDATE jobs SET heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => $2) \
+         WHERE lease_token = $1 AND state = 'running'",
+    )
+    .bind(token)
+    .bind(ttl.as_secs_f64())
+    .execute(pool)
+    .await?;
+    if kept.rows_affected() == 0 {
+        return Err(QueueError::LeaseNotHeld(
+            why_not_held(pool, token, None).await?,
+        ));
+    }
+    Ok(false)
+}
+
+/// Transition `running -> passed | failed | errored | queued` for the current
+/// lease token, recording the attempt's result in the same statement:
+///
+/// - `PASSED` -> `passed`, `FAILED` -> `failed` (a scenario result, never retried);
+/// - `ERROR` -> `queued` while attempts are left, `errored` on the last one.
+///
+/// A report already recorded with the same token and outcome (an agent retrying
+/// after a lost reply) succeeds and changes nothing. Any other report for a
+/// token that is not the job's current lease is refused with
+/// [`QueueError::LeaseNotHeld`]. Returns the job's state afterwards.
+pub async fn complete(pool: &PgPool, token: Uuid, report: &Report) -> Result<String> {
+    let mut tx = pool.begin().await?;
+    let state: Option<String> = sqlx::query_scalar(
+        "WITH done AS ( \
+             UPDATE jobs SET \
+                 state = CASE \
+                     WHEN $2 = 'PASSED' THEN 'passed' \
+                     WHEN $2 = 'FAILED' THEN 'failed' \
+                     WHEN attempt < max_attempts THEN 'queued' \
+                     ELSE 'errored' END, \
+                 lease_token = NULL, lease_expires_at = NULL, heartbeat_at = NULL, \
+                 finished_at = CASE WHEN $2 = 'ERROR' AND attempt < max_attempts \
+                     THEN NULL ELSE now() END \
+             WHERE lease_token = $1 AND state = 'running' \
+             RETURNING id, attempt, state \
+         ), recorded AS ( \
+             UPDATE attempts a SET finished_at = now(), outcome = $2, exit_code = $3, \
+                 duration_ms = $4, error = $5, output_tail = $6, metrics = $7 \
+             FROM done \
+             WHERE a.job_id = done.id AND a.attempt = done.attempt AND a.lease_token = $1 \
+               AND a.outcome IS NULL \
+         ) \
+         SELECT state FROM done",
+    )
+    .bind(token)
+    .bind(report.outcome)
+    .bind(report.exit_code)
+    .bind(report.duration_ms)
+    .bind(&report.error)
+    .bind(&report.output_tail)
+    .bind(&report.metrics)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match state {
+        Some(state) => {
+            if state == "queued" {
+                notify_queued(&mut tx).await?;
+            }
+            tx.commit().await?;
+            Ok(state)
+        }
+        None => {
+            drop(tx);
+            // Not the current lease. The same report sent again is fine.
+            let recorded: Option<(Option<String>, String)> = sqlx::query_as(
+                "SELECT a.outcome, j.state FROM attempts a JOIN jobs j ON j.id = a.job_id \
+                 WHERE a.lease_token = $1",
+            )
+            .bind(token)
+            .fetch_optional(pool)
+            .await?;
+            match recorded {
+                Some((Some(outcome), state)) if outcome == report.outcome => Ok(state),
+                _ => Err(QueueError::LeaseNotHeld(
+                    why_not_held(pool, token, Some(report.outcome)).await?,
+                )),
+            }
+        }
+    }
+}
+
+/// Explains, for an error message, why `token` is not a current lease.
+async fn why_not_held(pool: &PgPool, token: Uuid, outcome: Option<&str>) -> Result<String> {
+    let row: Option<(Uuid, i32, Option<String>, String, i32)> = sqlx::query_as(
+        "SELECT a.job_id, a.attempt, a.outcome, j.state, j.attempt FROM attempts a \
+         JOIN jobs j ON j.id = a.job_id WHERE a.lease_token = $1",
+    )
+    .bind(token)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match row {
+        None => "unknown lease token".to_string(),
+        Some((job, attempt, Some(recorded), _, _)) => match outcome {
+            Some(o) if o != recorded => format!(
+                "attempt {attempt} of job {job} was already completed as {recorded}, not {o}"
+            ),
+            _ => format!("attempt {attempt} of job {job} is already completed ({recorded})"),
+        },
+        Some((job, attempt, None, state, current)) => format!(
+            "attempt {attempt} of job {job} is no longer current (job is {state} on attempt {current})"
+        ),
+    })
+}
+
+/// Every job of a batch in position order, and every attempt of those jobs.
+/// An empty list means the batch does not exist.
+pub async fn get_batch(pool: &PgPool, batch_id: Uuid) -> Result<(Vec<JobRow>, Vec<AttemptRow>)> {
+    let jobs = sqlx::query_as::<_, JobRow>(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = $1 ORDER BY position"
+    ))
+    .bind(batch_id)
+    .fetch_all(pool)
+    .await?;
+    let attempts = sqlx::query_as::<_, AttemptRow>(
+        "SELECT a.job_id, a.attempt, a.agent_id, a.started_at, a.finished_at, a.outcome, \
+             a.exit_code, a.duration_ms, a.error, a.output_tail, a.metrics \
+         FROM attempts a JOIN jobs j ON j.id = a.job_id \
+         WHERE j.batch_id = $1 ORDER BY j.position, a.attempt",
+    )
+    .bind(batch_id)
+    .fetch_all(pool)
+    .await?;
+    Ok((jobs, attempts))
+}
+
+/// Whether `e` is a unique violation of the named constraint or index.
+fn is_unique_violation(e: &sqlx::Error, constraint: &str) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation() && db.constraint() == Some(constraint)
+        }
+        _ => false,
+    }
+}
