@@ -15,7 +15,11 @@ pub struct ConnectError {
 
 impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "coordinator unreachable at {}: {}", self.url, self.detail)
+        write!(
+            f,
+            "coordinator unreachable at {}: {}",
+            self.url, self.detail
+        )
     }
 }
 

@@ -5,4 +5,5 @@
 //! used to reach a coordinator.
 
 pub mod client;
+pub mod duration;
 pub mod proto;

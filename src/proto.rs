@@ -45,7 +45,10 @@ impl JobState {
 
     /// A job in this state will never change again.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Passed | JobState::Failed | JobState::Errored)
+        matches!(
+            self,
+            JobState::Passed | JobState::Failed | JobState::Errored
+        )
     }
 }
 

@@ -134,10 +134,15 @@ pub struct Report {
     pub metrics: Option<serde_json::Value>,
 }
 
-const JOB_COLUMNS: &str = "id, batch_id, position, tenant_id, scenario_id, model, provider, \
-    mcp_server, tool_server, tool_server_version, skill_file, skill_id, skill_version, \
-    skill_source, skill_sha256, namespace_slot, parallel, max_attempts, state, attempt, \
-    lease_token, created_at, started_at, finished_at";
+/// The columns of [`JobRow`], for `concat!` into static SQL.
+macro_rules! job_columns {
+    () => {
+        "id, batch_id, position, tenant_id, scenario_id, model, provider, \
+         mcp_server, tool_server, tool_server_version, skill_file, skill_id, skill_version, \
+         skill_source, skill_sha256, namespace_slot, parallel, max_attempts, state, attempt, \
+         lease_token, created_at, started_at, finished_at"
+    };
+}
 
 /// Transition `(none) -> queued` for a whole batch: one job per scenario id,
 /// job `i` on slot `i % parallel`, all in one transaction.
@@ -230,7 +235,9 @@ pub async fn enqueue(pool: &PgPool, batch_id: Uuid, args: &JobArgs) -> Result<Uu
         match inserted {
             Err(e) if is_unique_violation(&e, "jobs_batch_id_position_key") => continue,
             Err(e) => return Err(e.into()),
-            Ok(r) if r.rows_affected() == 0 => return Err(QueueError::BatchOfOtherTenant(batch_id)),
+            Ok(r) if r.rows_affected() == 0 => {
+                return Err(QueueError::BatchOfOtherTenant(batch_id));
+            }
             Ok(_) => {}
         }
         notify_queued(&mut tx).await?;
@@ -266,7 +273,7 @@ pub async fn lease(
     ttl: Duration,
 ) -> Result<Option<(JobRow, Uuid)>> {
     let token = Uuid::new_v4();
-    let sql = format!(
+    const SQL: &str = concat!(
         "WITH candidate AS ( \
              SELECT j.id FROM jobs j \
              WHERE j.state = 'queued' AND j.namespace_slot = ANY($1) \
@@ -285,12 +292,14 @@ pub async fn lease(
              INSERT INTO attempts (job_id, attempt, lease_token, agent_id) \
              SELECT id, attempt, lease_token, $5 FROM leased \
          ) \
-         SELECT {JOB_COLUMNS} FROM leased"
+         SELECT ",
+        job_columns!(),
+        " FROM leased"
     );
     // Two leasers of one (tenant, slot) can both see it idle and race; the
     // index lets one win and the other looks again (and then sees it busy).
     for _ in 0..8 {
-        let row = sqlx::query_as::<_, JobRow>(&sql)
+        let row = sqlx::query_as::<_, JobRow>(SQL)
             .bind(slots)
             .bind(tenant)
             .bind(token)
@@ -424,8 +433,10 @@ async fn why_not_held(pool: &PgPool, token: Uuid, outcome: Option<&str>) -> Resu
 /// Every job of a batch in position order, and every attempt of those jobs.
 /// An empty list means the batch does not exist.
 pub async fn get_batch(pool: &PgPool, batch_id: Uuid) -> Result<(Vec<JobRow>, Vec<AttemptRow>)> {
-    let jobs = sqlx::query_as::<_, JobRow>(&format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = $1 ORDER BY position"
+    let jobs = sqlx::query_as::<_, JobRow>(concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs WHERE batch_id = $1 ORDER BY position"
     ))
     .bind(batch_id)
     .fetch_all(pool)

@@ -1,0 +1,146 @@
+//! Building and running the coordinator: bind, connect, migrate, serve, stop.
+//!
+//! [`Coordinator::build`] does everything that can fail at start (binding the
+//! port, reaching PostgreSQL, applying migrations) so that [`Coordinator::run`]
+//! only serves. Tests build it on port 0 and read [`Coordinator::local_addr`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use benchq::proto::coordinator_server::CoordinatorServer;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::service::{CoordinatorService, Timing};
+use crate::wakeup::Wakeup;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a coordinator needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub max_connections: u32,
+    pub timing: Timing,
+}
+
+impl Config {
+    pub fn new(listen: SocketAddr, database_url: impl Into<String>) -> Self {
+        Config {
+            listen,
+            database_url: database_url.into(),
+            max_connections: 20,
+            timing: Timing::default(),
+        }
+    }
+}
+
+/// A coordinator that is bound, connected and migrated, ready to [`run`](Self::run).
+pub struct Coordinator {
+    listener: TcpListener,
+    pool: PgPool,
+    timing: Timing,
+}
+
+impl Coordinator {
+    /// Binds the listen address, connects to PostgreSQL and applies migrations.
+    pub async fn build(config: Config) -> Result<Self, BoxError> {
+        let pool = connect(&config.database_url, config.max_connections).await?;
+        crate::migrate(&pool)
+            .await
+            .map_err(|e| format!("applying migrations: {e}"))?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        Ok(Coordinator {
+            listener,
+            pool,
+            timing: config.timing,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The database pool, for tests and tools that inspect the queue.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Serves until `shutdown` is cancelled, then lets in-flight requests finish
+    /// (waiting Leases return at once with no job) and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), BoxError> {
+        let addr = self.local_addr();
+        let wakeup = Arc::new(Wakeup::default());
+        let listen_task = tokio::spawn(
+            wakeup
+                .clone()
+                .listen(self.pool.clone(), shutdown.child_token()),
+        );
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<CoordinatorServer<CoordinatorService>>()
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(benchq::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(benchq::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let service = CoordinatorService::new(
+            self.pool.clone(),
+            wakeup,
+            self.timing.clone(),
+            shutdown.clone(),
+        );
+
+        tracing::info!(%addr, "benchq-coordinator ready on {addr}");
+        let stopping = {
+            let shutdown = shutdown.clone();
+            let health = health.clone();
+            async move {
+                shutdown.cancelled().await;
+                tracing::info!("shutting down: finishing in-flight requests");
+                health
+                    .set_not_serving::<CoordinatorServer<CoordinatorService>>()
+                    .await;
+            }
+        };
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(CoordinatorServer::new(service))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), stopping)
+            .await?;
+        shutdown.cancel();
+        let _ = listen_task.await;
+        self.pool.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// A pool to `url` that fails fast when PostgreSQL is down rather than
+/// holding requests for long.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, BoxError> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| format!("cannot connect to PostgreSQL: {e}").into())
+}

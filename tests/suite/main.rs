@@ -1,0 +1,12 @@
+//! benchq's integration tests: one binary, one throwaway PostgreSQL cluster,
+//! a fresh database per test, the coordinator over real gRPC on loopback and
+//! agents as real processes.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod end_to_end;
+mod grpc_surface;
+mod leases;
+mod migrations;
+mod validation;
