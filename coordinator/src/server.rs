@@ -12,8 +12,8 @@ use benchq::proto::coordinator_server::CoordinatorServer;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::service::{CoordinatorService, Timing};
 use crate::wakeup::Wakeup;
@@ -124,7 +124,12 @@ impl Coordinator {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(CoordinatorServer::new(service))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), stopping)
+            .serve_with_incoming_shutdown(
+                // Small request/reply messages: Nagle's algorithm would hold each
+                // reply for a delayed ACK.
+                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                stopping,
+            )
             .await?;
         shutdown.cancel();
         let _ = listen_task.await;

@@ -212,24 +212,26 @@ pub fn enqueue_batch(
     Ok((batch, args, scenarios))
 }
 
-/// A `Lease` request: agent id, slots (deduplicated) and tenant filter.
+/// A `Lease` request: agent id, slots (sorted, deduplicated) and tenant filter.
 pub fn lease(req: &proto::LeaseRequest) -> Result<(String, Vec<i32>, String), Status> {
     let agent = ident("agent_id", &req.agent_id, true)?;
     if req.slots.is_empty() {
         return Err(invalid("slots", "at least one slot is required"));
     }
-    let mut slots = Vec::with_capacity(req.slots.len());
-    for (i, &s) in req.slots.iter().enumerate() {
-        if !(0..MAX_PARALLEL).contains(&s) {
-            return Err(invalid(
-                &format!("slots[{i}]"),
-                format!("must be between 0 and {}, got {s}", MAX_PARALLEL - 1),
-            ));
-        }
-        if !slots.contains(&s) {
-            slots.push(s);
-        }
+    if let Some((i, s)) = req
+        .slots
+        .iter()
+        .enumerate()
+        .find(|(_, s)| !(0..MAX_PARALLEL).contains(*s))
+    {
+        return Err(invalid(
+            &format!("slots[{i}]"),
+            format!("must be between 0 and {}, got {s}", MAX_PARALLEL - 1),
+        ));
     }
+    let mut slots = req.slots.clone();
+    slots.sort_unstable();
+    slots.dedup();
     let tenant = ident("tenant_id", &req.tenant_id, false)?;
     Ok((agent, slots, tenant))
 }
@@ -383,7 +385,7 @@ mod tests {
             slots: vec![1, 1, 0],
             ..Default::default()
         };
-        assert_eq!(lease(&r).unwrap().1, [1, 0]);
+        assert_eq!(lease(&r).unwrap().1, [0, 1]);
         let r = proto::LeaseRequest {
             agent_id: "a".into(),
             slots: vec![-1],
