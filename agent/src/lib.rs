@@ -1,1 +1,27 @@
+//! The benchq agent: leases jobs from a coordinator for the namespace slots it
+//! owns, runs each scenario, and reports how it went.
+//!
+//! The pieces, each in its own module:
+//! - [`Agent`] / [`AgentConfig`]: the loop that leases, heartbeats and reports,
+//!   one worker per slot, with a graceful drain on shutdown.
+//! - [`Runner`]: what runs a job. [`ProcessRunner`] runs a child process per
+//!   job; [`runner_fn`] turns a closure into an in-process runner.
+//! - [`LeasedJob`]: the job a runner is handed; [`RunResult`]: what it returns.
+//! - [`parse_duration`]: `500ms` / `30s` / `2m` / `1h` for the command line.
+//!
+//! The binary `benchq-agent` wires these together from its flags.
 
+mod agent;
+mod backoff;
+mod duration;
+mod job;
+mod process;
+mod runner;
+mod tail;
+
+pub use agent::{Agent, AgentConfig, AgentError, default_agent_id};
+pub use duration::parse_duration;
+pub use job::LeasedJob;
+pub use process::{METRICS_MAX, ProcessRunner};
+pub use runner::{BoxFuture, FnRunner, RunResult, Runner, runner_fn};
+pub use tail::{OUTPUT_TAIL_MAX, Tail, truncate_front};

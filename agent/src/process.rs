@@ -1,0 +1,873 @@
+//! [`ProcessRunner`]: runs each job as a child process, the way benchmark
+//! harnesses written in any language plug into benchq.
+//!
+//! The contract with the child:
+//! - its arguments arrive as `BENCHQ_*` environment variables (see
+//!   [`LeasedJob::env_vars`]) plus `BENCHQ_AGENT_ID`, and as one JSON file
+//!   named by `BENCHQ_JOB_FILE`;
+//! - it may write a JSON document to `BENCHQ_RESULT_FILE`, which becomes the
+//!   attempt's `metrics_json`;
+//! - its exit code is the verdict: 0 passed, a *failure* code (1 unless
+//!   configured) failed, anything else is an infrastructure error that the
+//!   coordinator retries.
+//!
+//! Each child leads its own process group, so that stopping a job stops
+//! everything it started (a harness typically spawns the agent under test,
+//! which spawns tools, …): signals go to the whole group, and the group is
+//! killed once the child is gone, whatever happened.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use benchq::proto::Outcome;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::job::LeasedJob;
+use crate::runner::{BoxFuture, RunResult, Runner};
+use crate::tail::Tail;
+
+/// Result files larger than this are dropped (with a note in `error`): the
+/// report has to fit in one gRPC message, next to the output tail.
+pub const METRICS_MAX: usize = 1024 * 1024;
+
+/// How long to wait for the output pipes to close once the process group is
+/// dead. Only a process that left the group (`setsid`) can keep them open.
+const PIPE_DRAIN: Duration = Duration::from_secs(2);
+
+/// How often to look whether a signalled process group is gone yet.
+const GROUP_POLL: Duration = Duration::from_millis(20);
+
+/// Output lines longer than this are logged in pieces.
+const LOG_LINE_MAX: usize = 8 * 1024;
+
+/// Runs every job as `PROGRAM ARGS…` in its own process group.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use benchq_agent::ProcessRunner;
+///
+/// let runner = ProcessRunner::new("./run-scenario.sh", ["--verbose"])
+///     .with_agent_id("host-1")
+///     .with_failure_exit_codes([1, 2])
+///     .with_grace(Duration::from_secs(30));
+/// # let _ = runner;
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProcessRunner {
+    program: OsString,
+    args: Vec<OsString>,
+    agent_id: String,
+    work_dir: PathBuf,
+    failure_exit_codes: Vec<i32>,
+    grace: Duration,
+}
+
+impl ProcessRunner {
+    /// How long a cancelled job gets between SIGTERM and SIGKILL unless told otherwise.
+    pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+    /// A runner for `program args…`, with the defaults: failure exit code 1,
+    /// per-job files in the system temp directory, a 10 s grace period and an
+    /// empty `BENCHQ_AGENT_ID`.
+    pub fn new<I, A>(program: impl Into<OsString>, args: I) -> Self
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<OsString>,
+    {
+        ProcessRunner {
+            program: program.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            agent_id: String::new(),
+            work_dir: std::env::temp_dir(),
+            failure_exit_codes: vec![1],
+            grace: Self::DEFAULT_GRACE,
+        }
+    }
+
+    /// The agent id the child sees as `BENCHQ_AGENT_ID`.
+    pub fn with_agent_id(mut self, agent_id: impl Into<String>) -> Self {
+        self.agent_id = agent_id.into();
+        self
+    }
+
+    /// Where the per-job directories (`benchq-{id}-{attempt}/`) are made.
+    pub fn with_work_dir(mut self, work_dir: impl Into<PathBuf>) -> Self {
+        self.work_dir = work_dir.into();
+        self
+    }
+
+    /// The exit codes that mean "the scenario ran and failed" (FAILED, never
+    /// retried) rather than "the runner broke" (ERROR). Replaces the default
+    /// `{1}`. Exit code 0 always means PASSED.
+    pub fn with_failure_exit_codes(mut self, codes: impl IntoIterator<Item = i32>) -> Self {
+        self.failure_exit_codes = codes.into_iter().collect();
+        self
+    }
+
+    /// How long a cancelled job's process group gets to exit after SIGTERM
+    /// before it is killed.
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The fresh directory holding `job.json` (and maybe `result.json`) for
+    /// one attempt. The id comes from the coordinator; it is still kept to
+    /// safe characters so that it can never name a path outside `work_dir`.
+    fn job_dir(&self, job: &LeasedJob) -> PathBuf {
+        let id: String = job
+            .id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.work_dir.join(format!("benchq-{id}-{}", job.attempt))
+    }
+
+    async fn run_job(&self, job: LeasedJob, cancel: CancellationToken) -> RunResult {
+        let started = Instant::now();
+        let mut result = self.run_in_dir(&job, &cancel).await;
+        result.duration = started.elapsed();
+        result
+    }
+
+    async fn run_in_dir(&self, job: &LeasedJob, cancel: &CancellationToken) -> RunResult {
+        let program = self.program.to_string_lossy().into_owned();
+        let dir = self.job_dir(job);
+        // From here on, whatever happens (even this future being dropped
+        // halfway), the directory and the process group are cleaned up.
+        let mut cleanup = Cleanup {
+            pgid: None,
+            dir: Some(dir.clone()),
+        };
+        let job_file = dir.join("job.json");
+        let result_file = dir.join("result.json");
+        if let Err(e) = prepare_dir(&dir, &job_file, &job.to_json()).await {
+            return RunResult::error(format!("could not prepare {}: {e}", dir.display()));
+        }
+
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .envs(job.env_vars())
+            .env("BENCHQ_AGENT_ID", &self.agent_id)
+            .env("BENCHQ_JOB_FILE", &job_file)
+            .env("BENCHQ_RESULT_FILE", &result_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                return RunResult::error(format!(
+                    "failed to start {program}: {}",
+                    io_error_text(&e)
+                ));
+            }
+        };
+        // With process_group(0) the child's pid is its group's id.
+        let pgid = child.id().and_then(|pid| i32::try_from(pid).ok());
+        cleanup.pgid = pgid;
+        debug!(job = %job.id, pid = ?pgid, "started {program}");
+
+        let tail = Arc::new(Mutex::new(Tail::default()));
+        let mut pipes = JoinSet::new();
+        if let Some(out) = child.stdout.take() {
+            pipes.spawn(pump(out, "stdout", job.id.clone(), tail.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            pipes.spawn(pump(err, "stderr", job.id.clone(), tail.clone()));
+        }
+
+        let (status, cancelled) = tokio::select! {
+            status = child.wait() => (status, false),
+            _ = cancel.cancelled() => (self.stop(&mut child, pgid, &job.id).await, true),
+        };
+        // The child is gone; anything it left running in its group goes too.
+        if let Some(pgid) = cleanup.pgid.take() {
+            kill_group(pgid, libc::SIGKILL);
+        }
+        let drained = tokio::time::timeout(PIPE_DRAIN, async {
+            while pipes.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(job = %job.id, "output pipes still open after the process group was killed (a process left the group?); ignoring the rest of its output");
+            pipes.abort_all();
+        }
+        let output_tail = tail.lock().unwrap_or_else(|p| p.into_inner()).to_text();
+
+        let mut result = match status {
+            Ok(status) => classify(status, &self.failure_exit_codes),
+            Err(e) => RunResult::error(format!("waiting for {program}: {e}")),
+        };
+        if cancelled {
+            let what = match result.outcome {
+                Outcome::Passed | Outcome::Failed => match result.exit_code {
+                    Some(code) => format!("exit code {code}"),
+                    None => "exited".to_string(),
+                },
+                _ => std::mem::take(&mut result.error),
+            };
+            result.outcome = Outcome::Error;
+            result.error = format!("cancelled: {what}");
+        }
+        result.output_tail = output_tail;
+
+        match read_metrics(&result_file).await {
+            Ok(metrics) => result.metrics_json = metrics,
+            Err(note) => {
+                warn!(job = %job.id, "{note}");
+                if !result.error.is_empty() {
+                    result.error.push_str("; ");
+                }
+                result.error.push_str(&note);
+            }
+        }
+
+        if let Some(dir) = cleanup.dir.take()
+            && let Err(e) = tokio::fs::remove_dir_all(&dir).await
+        {
+            warn!(job = %job.id, "could not remove {}: {e}", dir.display());
+        }
+        result
+    }
+
+    /// Stops a cancelled job: SIGTERM to the group, up to `grace` for the
+    /// whole group to exit, then SIGKILL. Returns the child's exit status.
+    async fn stop(
+        &self,
+        child: &mut Child,
+        pgid: Option<i32>,
+        job_id: &str,
+    ) -> io::Result<ExitStatus> {
+        let Some(pgid) = pgid else {
+            return child.wait().await;
+        };
+        debug!(job = %job_id, pgid, "cancelled: sending SIGTERM to the process group");
+        kill_group(pgid, libc::SIGTERM);
+        let deadline = tokio::time::Instant::now() + self.grace;
+        let status = match tokio::time::timeout_at(deadline, child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                warn!(job = %job_id, "still running {:?} after SIGTERM; killing its process group", self.grace);
+                kill_group(pgid, libc::SIGKILL);
+                return child.wait().await;
+            }
+        };
+        // The leader is gone; give the rest of its group what is left of the
+        // grace period to finish cleaning up, as promised.
+        while group_alive(pgid) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(GROUP_POLL).await;
+        }
+        if group_alive(pgid) {
+            warn!(job = %job_id, "processes left in the group {:?} after SIGTERM; killing them", self.grace);
+        }
+        status
+    }
+}
+
+impl Runner for ProcessRunner {
+    fn run(&self, job: LeasedJob, cancel: CancellationToken) -> BoxFuture<'_, RunResult> {
+        Box::pin(self.run_job(job, cancel))
+    }
+}
+
+/// Makes `dir` anew (a leftover from a crashed agent is removed) and writes
+/// the job file into it.
+async fn prepare_dir(dir: &Path, job_file: &Path, job_json: &str) -> io::Result<()> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    tokio::fs::create_dir_all(dir).await?;
+    tokio::fs::write(job_file, job_json).await
+}
+
+/// Kills what is left on drop: the process group and the job directory.
+/// Disarmed (fields taken) on the normal path, which does both itself.
+struct Cleanup {
+    pgid: Option<i32>,
+    dir: Option<PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            kill_group(pgid, libc::SIGKILL);
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Sends `signal` to every process in group `pgid`.
+fn kill_group(pgid: i32, signal: libc::c_int) {
+    // Never 0 (our own group), 1 (kill(-1) signals every process we may signal).
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::kill(-pgid, signal);
+    }
+}
+
+/// Whether any process is left in group `pgid`.
+fn group_alive(pgid: i32) -> bool {
+    if pgid <= 1 {
+        return false;
+    }
+    // SAFETY: as in `kill_group`; signal 0 only checks for existence.
+    let rc = unsafe { libc::kill(-pgid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Reads one output pipe to its end: every line goes to the shared tail and
+/// to the debug log.
+async fn pump<R: AsyncRead + Unpin>(
+    mut reader: R,
+    stream: &'static str,
+    job_id: String,
+    tail: Arc<Mutex<Tail>>,
+) {
+    let mut buf = vec![0u8; 8192];
+    let mut line = Vec::new();
+    let emit = |line: &mut Vec<u8>| {
+        tail.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        debug!(job = %job_id, stream, "{}", String::from_utf8_lossy(text));
+        line.clear();
+    };
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut rest = &buf[..n];
+        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+            line.extend_from_slice(&rest[..=pos]);
+            emit(&mut line);
+            rest = &rest[pos + 1..];
+        }
+        line.extend_from_slice(rest);
+        if line.len() >= LOG_LINE_MAX {
+            emit(&mut line);
+        }
+    }
+    if !line.is_empty() {
+        emit(&mut line);
+    }
+}
+
+/// Maps how the child ended to an outcome.
+fn classify(status: ExitStatus, failure_exit_codes: &[i32]) -> RunResult {
+    match status.code() {
+        Some(0) => RunResult {
+            exit_code: Some(0),
+            ..RunResult::new(Outcome::Passed)
+        },
+        Some(code) if failure_exit_codes.contains(&code) => RunResult {
+            exit_code: Some(code),
+            ..RunResult::new(Outcome::Failed)
+        },
+        Some(code) => RunResult {
+            exit_code: Some(code),
+            ..RunResult::error(format!("exit code {code}"))
+        },
+        None => match status.signal() {
+            Some(signal) => RunResult::error(format!("killed by signal {signal}")),
+            None => RunResult::error(format!("ended without exit code or signal ({status})")),
+        },
+    }
+}
+
+/// Reads the result file: `Ok(None)` when the child wrote none, `Ok(Some)`
+/// with its text when it holds JSON, `Err(note)` when it is unusable.
+async fn read_metrics(path: &Path) -> Result<Option<String>, String> {
+    let bytes = match tokio::fs::read(path).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("could not read the result file: {e}")),
+    };
+    if bytes.len() > METRICS_MAX {
+        return Err(format!(
+            "result file dropped: {} bytes, more than the {METRICS_MAX} allowed",
+            bytes.len()
+        ));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| "result file is not valid JSON: not UTF-8".to_string())?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&text)
+        .map_err(|e| format!("result file is not valid JSON: {e}"))?;
+    Ok(Some(text.trim().to_string()))
+}
+
+/// An I/O error as people read it: `No such file or directory`, without the
+/// `(os error 2)` suffix.
+fn io_error_text(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => text[..i].to_string(),
+        _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use benchq::proto::JobSpec;
+
+    use super::*;
+
+    /// A scratch directory per test, removed at the end.
+    struct TestDir(PathBuf);
+
+    impl TestDir {
+        fn new() -> Self {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "benchq-agent-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TestDir(dir)
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn job() -> LeasedJob {
+        LeasedJob {
+            id: "job-1".into(),
+            spec: JobSpec {
+                job_id: "batch-1".into(),
+                tenant_id: "acme".into(),
+                scenario_id: "scn-7".into(),
+                model: "m".into(),
+                provider: "p".into(),
+                mcp_server: "mcp".into(),
+                tool_server: "ts".into(),
+                tool_server_version: "1.2".into(),
+                skill_file: "skill.md".into(),
+                skill_id: "sk".into(),
+                skill_version: "3".into(),
+                skill_source: "git".into(),
+                skill_sha256: "abc".into(),
+                namespace_slot: 1,
+                parallel: 4,
+                max_attempts: 2,
+            },
+            attempt: 2,
+            namespace: "bench-w1".into(),
+        }
+    }
+
+    fn sh(dir: &TestDir, script: &str) -> ProcessRunner {
+        ProcessRunner::new("sh", ["-c", script])
+            .with_work_dir(&dir.0)
+            .with_agent_id("agent-x")
+    }
+
+    async fn run(runner: &ProcessRunner, job: LeasedJob) -> RunResult {
+        runner.run(job, CancellationToken::new()).await
+    }
+
+    /// Alive and not a zombie (killed orphans may wait a while for a reaper).
+    fn alive(pid: i32) -> bool {
+        // SAFETY: signal 0 only checks that the process exists.
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            return false;
+        }
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => !stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+            Err(_) => false,
+        }
+    }
+
+    async fn read_pid(file: &Path) -> i32 {
+        for _ in 0..250 {
+            if let Ok(text) = std::fs::read_to_string(file)
+                && let Ok(pid) = text.trim().parse()
+            {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{} never written", file.display());
+    }
+
+    async fn gone_within(pid: i32, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if !alive(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        !alive(pid)
+    }
+
+    #[tokio::test]
+    async fn child_sees_env_and_job_file() {
+        let dir = TestDir::new();
+        let runner = sh(
+            &dir,
+            r#"env | grep '^BENCHQ_' | sort
+               echo "---"
+               cat "$BENCHQ_JOB_FILE"
+               echo "---"
+               test -e "$BENCHQ_RESULT_FILE" && echo "result file exists"
+               echo "dir=$(dirname "$BENCHQ_RESULT_FILE")""#,
+        );
+        let r = run(&runner, job()).await;
+        assert_eq!(r.outcome, Outcome::Passed, "{r:?}");
+        assert_eq!(r.exit_code, Some(0));
+        assert_eq!(r.error, "");
+        assert_eq!(r.metrics_json, None);
+        let parts: Vec<&str> = r.output_tail.split("---\n").collect();
+        assert_eq!(parts.len(), 3, "{}", r.output_tail);
+        let env: Vec<&str> = parts[0].lines().collect();
+        for expected in [
+            "BENCHQ_ID=job-1",
+            "BENCHQ_JOB_ID=batch-1",
+            "BENCHQ_TENANT_ID=acme",
+            "BENCHQ_SCENARIO_ID=scn-7",
+            "BENCHQ_MODEL=m",
+            "BENCHQ_PROVIDER=p",
+            "BENCHQ_MCP_SERVER=mcp",
+            "BENCHQ_TOOL_SERVER=ts",
+            "BENCHQ_TOOL_SERVER_VERSION=1.2",
+            "BENCHQ_SKILL_FILE=skill.md",
+            "BENCHQ_SKILL_ID=sk",
+            "BENCHQ_SKILL_VERSION=3",
+            "BENCHQ_SKILL_SOURCE=git",
+            "BENCHQ_SKILL_SHA256=abc",
+            "BENCHQ_NAMESPACE_SLOT=1",
+            "BENCHQ_PARALLEL=4",
+            "BENCHQ_MAX_ATTEMPTS=2",
+            "BENCHQ_NAMESPACE=bench-w1",
+            "BENCHQ_ATTEMPT=2",
+            "BENCHQ_AGENT_ID=agent-x",
+        ] {
+            assert!(env.contains(&expected), "{expected} missing from {env:?}");
+        }
+        let job_dir = dir.path("benchq-job-1-2");
+        let job_file = format!("BENCHQ_JOB_FILE={}", job_dir.join("job.json").display());
+        let result_file = format!(
+            "BENCHQ_RESULT_FILE={}",
+            job_dir.join("result.json").display()
+        );
+        assert!(env.contains(&job_file.as_str()), "{env:?}");
+        assert!(env.contains(&result_file.as_str()), "{env:?}");
+
+        let json: serde_json::Value = serde_json::from_str(parts[1]).unwrap();
+        assert_eq!(json["id"], "job-1");
+        assert_eq!(json["job_id"], "batch-1");
+        assert_eq!(json["scenario_id"], "scn-7");
+        assert_eq!(json["skill_sha256"], "abc");
+        assert_eq!(json["namespace_slot"], 1);
+        assert_eq!(json["parallel"], 4);
+        assert_eq!(json["namespace"], "bench-w1");
+        assert_eq!(json["attempt"], 2);
+
+        assert!(!parts[2].contains("result file exists"));
+        assert!(parts[2].contains(&format!("dir={}", job_dir.display())));
+        assert!(!job_dir.exists(), "the job directory is removed afterwards");
+    }
+
+    #[tokio::test]
+    async fn no_namespace_is_an_empty_variable() {
+        let dir = TestDir::new();
+        let runner = sh(&dir, r#"echo "[${BENCHQ_NAMESPACE-unset}]""#);
+        let job = LeasedJob {
+            namespace: String::new(),
+            ..job()
+        };
+        let r = run(&runner, job).await;
+        assert_eq!(r.output_tail, "[]\n");
+    }
+
+    #[tokio::test]
+    async fn result_file_becomes_metrics() {
+        let dir = TestDir::new();
+        let runner = sh(
+            &dir,
+            r#"printf '{"score": 0.5}\n' > "$BENCHQ_RESULT_FILE"; exit 1"#,
+        );
+        let r = run(&runner, job()).await;
+        assert_eq!(r.outcome, Outcome::Failed);
+        assert_eq!(r.metrics_json.as_deref(), Some(r#"{"score": 0.5}"#));
+        assert_eq!(r.error, "");
+        assert!(!dir.path("benchq-job-1-2").exists());
+    }
+
+    #[tokio::test]
+    async fn invalid_result_json_is_a_note_not_a_failure() {
+        let dir = TestDir::new();
+        let runner = sh(&dir, r#"echo '{"score": ' > "$BENCHQ_RESULT_FILE""#);
+        let r = run(&runner, job()).await;
+        assert_eq!(r.outcome, Outcome::Passed);
+        assert_eq!(r.metrics_json, None);
+        assert!(
+            r.error.contains("result file is not valid JSON"),
+            "{}",
+            r.error
+        );
+
+        let runner = sh(&dir, r#"echo 'not json' > "$BENCHQ_RESULT_FILE"; exit 3"#);
+        let r = run(&runner, job()).await;
+        assert_eq!(r.outcome, Outcome::Error);
+        assert!(
+            r.error
+                .starts_with("exit code 3; result file is not valid JSON"),
+            "{}",
+            r.error
+        );
+    }
+
+    #[tokio::test]
+    async fn exit_codes_map_to_outcomes() {
+        let dir = TestDir::new();
+        let r = run(&sh(&dir, "exit 0"), job()).await;
+        assert_eq!(
+            (r.outcome, r.exit_code, r.error.as_str()),
+            (Outcome::Passed, Some(0), "")
+        );
+        let r = run(&sh(&dir, "exit 1"), job()).await;
+        assert_eq!(
+            (r.outcome, r.exit_code, r.error.as_str()),
+            (Outcome::Failed, Some(1), "")
+        );
+        let r = run(&sh(&dir, "exit 3"), job()).await;
+        assert_eq!(
+            (r.outcome, r.exit_code, r.error.as_str()),
+            (Outcome::Error, Some(3), "exit code 3")
+        );
+        assert!(r.duration > Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn custom_failure_exit_codes() {
+        let dir = TestDir::new();
+        let runner = |script| sh(&dir, script).with_failure_exit_codes([2, 3]);
+        assert_eq!(run(&runner("exit 3"), job()).await.outcome, Outcome::Failed);
+        assert_eq!(run(&runner("exit 2"), job()).await.outcome, Outcome::Failed);
+        let r = run(&runner("exit 1"), job()).await;
+        assert_eq!(
+            (r.outcome, r.error.as_str()),
+            (Outcome::Error, "exit code 1")
+        );
+        assert_eq!(run(&runner("exit 0"), job()).await.outcome, Outcome::Passed);
+    }
+
+    #[tokio::test]
+    async fn death_by_signal_is_an_error() {
+        let dir = TestDir::new();
+        let r = run(&sh(&dir, "echo before; kill -9 $$"), job()).await;
+        assert_eq!(r.outcome, Outcome::Error);
+        assert_eq!(r.exit_code, None);
+        assert_eq!(r.error, "killed by signal 9");
+        assert_eq!(r.output_tail, "before\n");
+    }
+
+    #[tokio::test]
+    async fn program_not_found_is_an_error() {
+        let dir = TestDir::new();
+        let runner = ProcessRunner::new("/nonexistent/benchq-scenario", Vec::<String>::new())
+            .with_work_dir(&dir.0);
+        let r = run(&runner, job()).await;
+        assert_eq!(r.outcome, Outcome::Error);
+        assert_eq!(r.exit_code, None);
+        assert_eq!(
+            r.error,
+            "failed to start /nonexistent/benchq-scenario: No such file or directory"
+        );
+        assert!(!dir.path("benchq-job-1-2").exists());
+    }
+
+    #[tokio::test]
+    async fn output_tail_keeps_the_last_64_kib_of_both_streams() {
+        let dir = TestDir::new();
+        // 200 KB on stdout in long lines, then a last word on stderr.
+        let runner = sh(
+            &dir,
+            r#"echo FIRST
+               i=0
+               while [ $i -lt 100 ]; do
+                 head -c 2000 /dev/zero | tr '\0' 'a'; echo
+                 i=$((i+1))
+               done
+               echo "THE END" >&2"#,
+        );
+        let r = run(&runner, job()).await;
+        assert_eq!(r.outcome, Outcome::Passed);
+        assert!(r.output_tail.len() <= crate::OUTPUT_TAIL_MAX);
+        assert!(r.output_tail.len() > crate::OUTPUT_TAIL_MAX - 10);
+        assert!(
+            r.output_tail.ends_with("a\nTHE END\n"),
+            "{:?}",
+            &r.output_tail[r.output_tail.len() - 40..]
+        );
+        assert!(!r.output_tail.contains("FIRST"));
+    }
+
+    /// The script ignores SIGTERM, and so does its grandchild; both must be
+    /// gone soon after the grace period.
+    #[tokio::test]
+    async fn cancel_kills_a_group_that_ignores_sigterm() {
+        let dir = TestDir::new();
+        let pid_file = dir.path("grandchild.pid");
+        let script = format!(
+            r#"trap '' TERM
+               sh -c 'sleep 30' &
+               echo $! > {}
+               while :; do sleep 0.05; done"#,
+            pid_file.display()
+        );
+        let grace = Duration::from_millis(500);
+        let runner = sh(&dir, &script).with_grace(grace);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn({
+            let cancel = cancel.clone();
+            async move { runner.run(job(), cancel).await }
+        });
+        let grandchild = read_pid(&pid_file).await;
+        assert!(alive(grandchild));
+        let cancelled_at = Instant::now();
+        cancel.cancel();
+        let r = tokio::time::timeout(grace + Duration::from_secs(1), task)
+            .await
+            .expect("run ends within grace + 1 s")
+            .unwrap();
+        assert!(
+            cancelled_at.elapsed() >= grace,
+            "SIGKILL came before the grace period ran out"
+        );
+        assert_eq!(r.outcome, Outcome::Error);
+        assert_eq!(r.error, "cancelled: killed by signal 9");
+        assert!(
+            gone_within(grandchild, Duration::from_millis(200)).await,
+            "grandchild {grandchild} survived"
+        );
+    }
+
+    /// The script dies on SIGTERM at once, but leaves a grandchild that
+    /// ignores it: the group still gets its grace period, then SIGKILL.
+    #[tokio::test]
+    async fn cancel_kills_grandchildren_the_child_left_behind() {
+        let dir = TestDir::new();
+        let pid_file = dir.path("grandchild.pid");
+        let script = format!(
+            r#"sh -c 'trap "" TERM; sleep 30' &
+               echo $! > {}
+               wait"#,
+            pid_file.display()
+        );
+        let grace = Duration::from_millis(300);
+        let runner = sh(&dir, &script).with_grace(grace);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn({
+            let cancel = cancel.clone();
+            async move { runner.run(job(), cancel).await }
+        });
+        let grandchild = read_pid(&pid_file).await;
+        cancel.cancel();
+        let r = tokio::time::timeout(grace + Duration::from_secs(1), task)
+            .await
+            .expect("run ends within grace + 1 s")
+            .unwrap();
+        assert_eq!(r.outcome, Outcome::Error);
+        assert_eq!(r.error, "cancelled: killed by signal 15");
+        assert!(
+            gone_within(grandchild, Duration::from_millis(200)).await,
+            "grandchild {grandchild} survived"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_normal_exit_kills_leftover_grandchildren() {
+        let dir = TestDir::new();
+        let pid_file = dir.path("grandchild.pid");
+        let script = format!("sleep 30 & echo $! > {}; exit 0", pid_file.display());
+        let started = Instant::now();
+        let r = run(&sh(&dir, &script), job()).await;
+        assert_eq!(r.outcome, Outcome::Passed);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "waited for the grandchild's output"
+        );
+        let grandchild = read_pid(&pid_file).await;
+        assert!(
+            gone_within(grandchild, Duration::from_millis(500)).await,
+            "grandchild {grandchild} survived"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_run_kills_the_group() {
+        let dir = TestDir::new();
+        let pid_file = dir.path("grandchild.pid");
+        let script = format!(
+            r#"trap '' TERM
+               sleep 30 &
+               echo $! > {}
+               wait"#,
+            pid_file.display()
+        );
+        let runner = sh(&dir, &script);
+        let task = tokio::spawn(async move { runner.run(job(), CancellationToken::new()).await });
+        let grandchild = read_pid(&pid_file).await;
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert!(
+            gone_within(grandchild, Duration::from_secs(1)).await,
+            "grandchild {grandchild} survived"
+        );
+        assert!(!dir.path("benchq-job-1-2").exists());
+    }
+
+    #[test]
+    fn job_dir_names_stay_inside_work_dir() {
+        let runner = ProcessRunner::new("x", Vec::<String>::new()).with_work_dir("/w");
+        let job = LeasedJob {
+            id: "../../etc".into(),
+            attempt: 1,
+            ..Default::default()
+        };
+        assert_eq!(runner.job_dir(&job), PathBuf::from("/w/benchq-______etc-1"));
+    }
+}
