@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Enqueue a batch: one job per scenario, spread round-robin over `--parallel`
     /// namespace slots. Prints the batch id.
-    Enqueue(EnqueueArgs),
+    Enqueue(Box<EnqueueArgs>),
     /// Show a batch: counts by state and a table of its jobs.
     Status {
         /// The batch id printed by `enqueue`.
@@ -118,7 +118,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> CliResult<ExitCode> {
     match cli.command {
         Command::Enqueue(args) => {
-            let request = enqueue_request(args)?;
+            let request = enqueue_request(*args)?;
             let mut c = client::connect(&cli.coordinator)
                 .await
                 .map_err(|e| e.to_string())?;

@@ -127,7 +127,7 @@ async fn a_batch_runs_end_to_end_on_two_agents_with_the_retry_rule() {
             );
             let nanos = |t: &Option<prost_types::Timestamp>| {
                 let t = t.as_ref().expect("timestamp");
-                t.seconds as i64 * 1_000_000_000 + t.nanos as i64
+                t.seconds * 1_000_000_000 + i64::from(t.nanos)
             };
             by_slot
                 .entry(spec.namespace_slot)
