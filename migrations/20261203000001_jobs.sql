@@ -25,15 +25,23 @@ CREATE TABLE jobs (
     namespace_slot      integer     NOT NULL CHECK (namespace_slot >= 0),
     parallel            integer     NOT NULL CHECK (parallel >= 1),
     max_attempts        integer     NOT NULL CHECK (max_attempts >= 1),
+    -- How long one attempt may run.
+    timeout_seconds     integer     NOT NULL CHECK (timeout_seconds >= 1),
 
     state               text        NOT NULL DEFAULT 'queued'
-                        CHECK (state IN ('queued', 'running', 'passed', 'failed', 'errored')),
-    -- Attempts started so far; the running attempt when state = 'running'.
+                        CHECK (state IN ('queued', 'running', 'passed', 'failed', 'errored',
+                                         'cancelled')),
+    -- Attempts used so far; the running attempt when state = 'running'. An
+    -- interrupted attempt (agent shut down) gives its attempt back.
     attempt             integer     NOT NULL DEFAULT 0,
     -- The current lease: set exactly while the job runs.
     lease_token         uuid        UNIQUE,
+    leased_at           timestamptz,
     lease_expires_at    timestamptz,
     heartbeat_at        timestamptz,
+    -- An operator asked for the job to stop. Stored, so the request survives
+    -- restarts and is seen by the agent's next heartbeat.
+    cancel_requested_at timestamptz,
 
     created_at          timestamptz NOT NULL DEFAULT now(),
     started_at          timestamptz,
@@ -43,7 +51,8 @@ CREATE TABLE jobs (
     CHECK (attempt >= 0 AND attempt <= max_attempts),
     CHECK ((state = 'running') = (lease_token IS NOT NULL)),
     CHECK ((state = 'running') = (lease_expires_at IS NOT NULL)),
-    CHECK ((state IN ('passed', 'failed', 'errored')) = (finished_at IS NOT NULL)),
+    CHECK ((state = 'running') = (leased_at IS NOT NULL)),
+    CHECK ((state IN ('passed', 'failed', 'errored', 'cancelled')) = (finished_at IS NOT NULL)),
     UNIQUE (batch_id, position)
 );
 
@@ -56,20 +65,27 @@ CREATE INDEX jobs_queued_by_slot ON jobs (namespace_slot, seq) WHERE state = 'qu
 
 CREATE INDEX jobs_by_batch ON jobs (batch_id, position);
 
+-- The reaper: running jobs by lease expiry.
+CREATE INDEX jobs_running_by_expiry ON jobs (lease_expires_at) WHERE state = 'running';
+
 -- One row per lease handed out: who ran the job, when, and how it ended.
 CREATE TABLE attempts (
+    lease_token  uuid        PRIMARY KEY,
     job_id       uuid        NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    -- The job's attempt number for this lease. An interrupted lease gives its
+    -- number back, so the next lease has the same one.
     attempt      integer     NOT NULL CHECK (attempt >= 1),
-    lease_token  uuid        NOT NULL UNIQUE,
     agent_id     text        NOT NULL,
     started_at   timestamptz NOT NULL DEFAULT now(),
     finished_at  timestamptz,
-    outcome      text        CHECK (outcome IN ('PASSED', 'FAILED', 'ERROR')),
+    outcome      text        CHECK (outcome IN ('PASSED', 'FAILED', 'ERROR', 'CANCELLED',
+                                                'INTERRUPTED', 'RECLAIMED')),
     exit_code    integer,
     duration_ms  bigint      CHECK (duration_ms >= 0),
     error        text,
     output_tail  text,
     metrics      jsonb,
-    PRIMARY KEY (job_id, attempt),
     CHECK ((outcome IS NULL) = (finished_at IS NULL))
 );
+
+CREATE INDEX attempts_by_job ON attempts (job_id, started_at);

@@ -39,6 +39,12 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Cancel a batch or a single job: queued jobs are cancelled at once,
+    /// running ones are stopped by their agents and end `cancelled`.
+    Cancel {
+        /// A batch id, or the id of one job.
+        id: String,
+    },
     /// Wait until no job of a batch is queued or running, then show it like `status`.
     Wait {
         batch_id: String,
@@ -96,6 +102,10 @@ struct EnqueueArgs {
     /// Attempts per job before an infra error is final (default 2).
     #[arg(long, default_value_t = 0)]
     max_attempts: i32,
+    /// How long one attempt may run before it is stopped and retried as an
+    /// infra error (e.g. 90s, 45m, 2h; default 1h).
+    #[arg(long, value_parser = benchq::duration::parse)]
+    timeout: Option<Duration>,
 }
 
 type CliResult<T> = Result<T, String>;
@@ -135,6 +145,30 @@ async fn run(cli: Cli) -> CliResult<ExitCode> {
                 .map_err(|e| e.to_string())?;
             let batch = get_batch(&mut c, &batch_id).await?;
             show(&batch, output)?;
+        }
+        Command::Cancel { id } => {
+            let mut c = client::connect(&cli.coordinator)
+                .await
+                .map_err(|e| e.to_string())?;
+            // One id space for the operator: a batch id, else a job id.
+            let reply = match c
+                .cancel_batch(proto::CancelBatchRequest { job_id: id.clone() })
+                .await
+            {
+                Err(s) if s.code() == tonic::Code::NotFound => c
+                    .cancel_job(proto::CancelJobRequest { id: id.clone() })
+                    .await
+                    .map_err(|s| match s.code() {
+                        tonic::Code::NotFound => format!("not found: no batch or job {id}"),
+                        _ => describe(&s),
+                    })?,
+                other => other.map_err(|s| describe(&s).replace("job_id:", "id:"))?,
+            }
+            .into_inner();
+            println!(
+                "cancelled {} queued, stopping {} running, {} already finished",
+                reply.cancelled, reply.stopping, reply.finished
+            );
         }
         Command::Wait {
             batch_id,
@@ -188,6 +222,11 @@ fn enqueue_request(a: EnqueueArgs) -> CliResult<proto::EnqueueBatchRequest> {
             skill_source: a.skill_source,
             skill_sha256: a.skill_sha256,
             max_attempts: a.max_attempts,
+            timeout_seconds: match a.timeout {
+                None => 0,
+                Some(t) if t.as_secs() == 0 => return Err("--timeout: must be at least 1s".into()),
+                Some(t) => u32::try_from(t.as_secs()).map_err(|_| "--timeout: too long".to_string())?,
+            },
             ..Default::default()
         }),
     })
@@ -264,12 +303,13 @@ fn write_table(out: &mut impl Write, batch: &proto::GetBatchResponse) -> std::io
     writeln!(out, "batch {}", batch.job_id)?;
     writeln!(
         out,
-        "queued {}  running {}  passed {}  failed {}  errored {}  (total {})\n",
+        "queued {}  running {}  passed {}  failed {}  errored {}  cancelled {}  (total {})\n",
         c.queued,
         c.running,
         c.passed,
         c.failed,
         c.errored,
+        c.cancelled,
         batch.jobs.len()
     )?;
     let rows: Vec<[String; 8]> = batch
@@ -282,7 +322,11 @@ fn write_table(out: &mut impl Write, batch: &proto::GetBatchResponse) -> std::io
                 j.position.to_string(),
                 spec.scenario_id.clone(),
                 ns_label(&spec),
-                state_name(j.state).to_string(),
+                if j.cancel_requested && j.state == JobState::Running as i32 {
+                    "stopping".to_string()
+                } else {
+                    state_name(j.state).to_string()
+                },
                 format!("{}/{}", j.attempt, spec.max_attempts),
                 last.map(|a| a.agent_id.clone()).unwrap_or_default(),
                 last.filter(|a| a.finished_at.is_some())
@@ -375,6 +419,7 @@ struct CountsJson {
     passed: u32,
     failed: u32,
     errored: u32,
+    cancelled: u32,
 }
 
 #[derive(Serialize)]
@@ -392,6 +437,8 @@ struct JobJson {
     attempt: i32,
     max_attempts: i32,
     outcome: Option<&'static str>,
+    cancel_requested: bool,
+    timeout_seconds: u32,
     created_at: Option<String>,
     started_at: Option<String>,
     finished_at: Option<String>,
@@ -422,6 +469,7 @@ impl From<&proto::GetBatchResponse> for BatchJson {
                 passed: c.passed,
                 failed: c.failed,
                 errored: c.errored,
+                cancelled: c.cancelled,
             },
             jobs: b
                 .jobs
@@ -442,6 +490,8 @@ impl From<&proto::GetBatchResponse> for BatchJson {
                         attempt: j.attempt,
                         max_attempts: spec.max_attempts,
                         outcome: outcome_name(j.outcome),
+                        cancel_requested: j.cancel_requested,
+                        timeout_seconds: spec.timeout_seconds,
                         created_at: rfc3339(&j.created_at),
                         started_at: rfc3339(&j.started_at),
                         finished_at: rfc3339(&j.finished_at),

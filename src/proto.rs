@@ -28,6 +28,7 @@ impl JobState {
             JobState::Passed => "passed",
             JobState::Failed => "failed",
             JobState::Errored => "errored",
+            JobState::Cancelled => "cancelled",
         }
     }
 
@@ -39,6 +40,7 @@ impl JobState {
             "passed" => JobState::Passed,
             "failed" => JobState::Failed,
             "errored" => JobState::Errored,
+            "cancelled" => JobState::Cancelled,
             _ => return None,
         })
     }
@@ -60,6 +62,9 @@ impl Outcome {
             Outcome::Passed => "PASSED",
             Outcome::Failed => "FAILED",
             Outcome::Error => "ERROR",
+            Outcome::Cancelled => "CANCELLED",
+            Outcome::Interrupted => "INTERRUPTED",
+            Outcome::Reclaimed => "RECLAIMED",
         }
     }
 
@@ -69,6 +74,9 @@ impl Outcome {
             "PASSED" => Outcome::Passed,
             "FAILED" => Outcome::Failed,
             "ERROR" => Outcome::Error,
+            "CANCELLED" => Outcome::Cancelled,
+            "INTERRUPTED" => Outcome::Interrupted,
+            "RECLAIMED" => Outcome::Reclaimed,
             _ => return None,
         })
     }

@@ -488,6 +488,7 @@ mod tests {
                 namespace_slot: 1,
                 parallel: 4,
                 max_attempts: 2,
+                timeout_seconds: 3600,
             },
             attempt: 2,
             namespace: "bench-w1".into(),

@@ -7,9 +7,11 @@
 //! - [`validate`] turns requests into the queue's types, refusing bad input;
 //! - [`service`] maps each RPC onto one transition;
 //! - [`wakeup`] wakes long-polling Leases on `NOTIFY`;
+//! - [`reaper`] takes back the leases of agents that are gone;
 //! - [`server`] wires it together with health and reflection, and shuts down cleanly.
 
 pub mod queue;
+pub mod reaper;
 pub mod server;
 pub mod service;
 pub mod validate;

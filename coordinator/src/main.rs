@@ -28,6 +28,15 @@ struct Cli {
     #[arg(long, env = "BENCHQ_MAX_LEASE_WAIT", default_value = "30s", value_parser = benchq::duration::parse)]
     max_lease_wait: Duration,
 
+    /// How often expired leases are looked for.
+    #[arg(long, env = "BENCHQ_REAP_INTERVAL", default_value = "2s", value_parser = benchq::duration::parse)]
+    reap_interval: Duration,
+
+    /// How long past its timeout a job may run before the coordinator takes it
+    /// back from an agent that did not stop it.
+    #[arg(long, env = "BENCHQ_TIMEOUT_MARGIN", default_value = "60s", value_parser = benchq::duration::parse)]
+    timeout_margin: Duration,
+
     /// Size of the PostgreSQL connection pool.
     #[arg(long, env = "BENCHQ_DB_CONNECTIONS", default_value_t = 20)]
     db_connections: u32,
@@ -77,6 +86,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     config.max_connections = cli.db_connections;
     config.timing.lease_ttl = cli.lease_ttl;
     config.timing.max_lease_wait = cli.max_lease_wait;
+    config.timing.reap_interval = cli.reap_interval;
+    config.timing.timeout_margin = cli.timeout_margin;
     let coordinator = Coordinator::build(config).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));

@@ -75,6 +75,7 @@ pub struct JobArgs {
     pub namespace_slot: i32,
     pub parallel: i32,
     pub max_attempts: i32,
+    pub timeout_seconds: i32,
 }
 
 /// A stored job: its arguments and where it is in the state machine.
@@ -98,9 +99,10 @@ pub struct JobRow {
     pub namespace_slot: i32,
     pub parallel: i32,
     pub max_attempts: i32,
+    pub timeout_seconds: i32,
     pub state: String,
     pub attempt: i32,
-    pub lease_token: Option<Uuid>,
+    pub cancel_requested: bool,
     pub created_at: OffsetDateTime,
     pub started_at: Option<OffsetDateTime>,
     pub finished_at: Option<OffsetDateTime>,
@@ -109,6 +111,7 @@ pub struct JobRow {
 /// One lease of a job and how it ended.
 #[derive(Debug, Clone, FromRow)]
 pub struct AttemptRow {
+    pub lease_token: Uuid,
     pub job_id: Uuid,
     pub attempt: i32,
     pub agent_id: String,
@@ -125,7 +128,7 @@ pub struct AttemptRow {
 /// What an agent reports at the end of a lease.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
-    /// `PASSED`, `FAILED` or `ERROR`.
+    /// `PASSED`, `FAILED`, `ERROR`, `CANCELLED` or `INTERRUPTED`.
     pub outcome: &'static str,
     pub exit_code: Option<i32>,
     pub duration_ms: i64,
@@ -134,13 +137,41 @@ pub struct Report {
     pub metrics: Option<serde_json::Value>,
 }
 
+/// Whether a report sends the job back to the queue: an infra error with
+/// attempts left, or an interruption, and no cancel requested. Used by
+/// `complete`, where `$2` is the outcome.
+macro_rules! requeue {
+    () => {
+        "(cancel_requested_at IS NULL AND ($2 = 'INTERRUPTED' \
+          OR ($2 = 'ERROR' AND attempt < max_attempts)))"
+    };
+}
+
+/// The rest of `cancel`, after the `WHERE` of `sel` that picks the jobs.
+/// `u` changes the jobs that have not finished; the result counts every
+/// selected job by state, where `cancelled*` marks the ones this call cancelled.
+macro_rules! cancel_rest {
+    () => {
+        "), u AS ( \
+             UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()), \
+                 state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END, \
+                 finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END \
+             WHERE id IN (SELECT id FROM sel) AND state IN ('queued', 'running') \
+             RETURNING id, CASE WHEN state = 'cancelled' THEN 'cancelled*' ELSE state END AS state \
+         ) \
+         SELECT coalesce(u.state, s.state) AS state, count(*) AS n \
+         FROM sel s LEFT JOIN u ON u.id = s.id GROUP BY 1"
+    };
+}
+
 /// The columns of [`JobRow`], for `concat!` into static SQL.
 macro_rules! job_columns {
     () => {
         "id, batch_id, position, tenant_id, scenario_id, model, provider, \
          mcp_server, tool_server, tool_server_version, skill_file, skill_id, skill_version, \
-         skill_source, skill_sha256, namespace_slot, parallel, max_attempts, state, attempt, \
-         lease_token, created_at, started_at, finished_at"
+         skill_source, skill_sha256, namespace_slot, parallel, max_attempts, timeout_seconds, \
+         state, attempt, cancel_requested_at IS NOT NULL AS cancel_requested, created_at, \
+         started_at, finished_at"
     };
 }
 
@@ -161,9 +192,9 @@ pub async fn enqueue_batch(
     let inserted = sqlx::query(
         "INSERT INTO jobs (id, batch_id, position, tenant_id, scenario_id, model, provider, \
              mcp_server, tool_server, tool_server_version, skill_file, skill_id, skill_version, \
-             skill_source, skill_sha256, namespace_slot, parallel, max_attempts) \
+             skill_source, skill_sha256, namespace_slot, parallel, max_attempts, timeout_seconds) \
          SELECT s.id, $1, (s.ord - 1)::int, $2, s.scenario, $3, $4, $5, $6, $7, $8, $9, $10, \
-             $11, $12, ((s.ord - 1) % $13)::int, $13, $14 \
+             $11, $12, ((s.ord - 1) % $13)::int, $13, $14, $17 \
          FROM unnest($15::uuid[], $16::text[]) WITH ORDINALITY AS s(id, scenario, ord)",
     )
     .bind(batch_id)
@@ -182,6 +213,7 @@ pub async fn enqueue_batch(
     .bind(shared.max_attempts)
     .bind(&ids)
     .bind(scenario_ids)
+    .bind(shared.timeout_seconds)
     .execute(&mut *tx)
     .await;
     match inserted {
@@ -207,9 +239,10 @@ pub async fn enqueue(pool: &PgPool, batch_id: Uuid, args: &JobArgs) -> Result<Uu
         let inserted = sqlx::query(
             "INSERT INTO jobs (id, batch_id, position, tenant_id, scenario_id, model, provider, \
                  mcp_server, tool_server, tool_server_version, skill_file, skill_id, \
-                 skill_version, skill_source, skill_sha256, namespace_slot, parallel, max_attempts) \
+                 skill_version, skill_source, skill_sha256, namespace_slot, parallel, max_attempts, \
+                 timeout_seconds) \
              SELECT $1, $2, coalesce(max(position) + 1, 0), $3, $4, $5, $6, $7, $8, $9, $10, \
-                 $11, $12, $13, $14, $15, $16, $17 \
+                 $11, $12, $13, $14, $15, $16, $17, $18 \
              FROM jobs WHERE batch_id = $2 \
              HAVING bool_and(tenant_id = $3) IS NOT FALSE",
         )
@@ -230,6 +263,7 @@ pub async fn enqueue(pool: &PgPool, batch_id: Uuid, args: &JobArgs) -> Result<Uu
         .bind(args.namespace_slot)
         .bind(args.parallel)
         .bind(args.max_attempts)
+        .bind(args.timeout_seconds)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -284,8 +318,8 @@ pub async fn lease(
              FOR UPDATE SKIP LOCKED \
          ), leased AS ( \
              UPDATE jobs SET state = 'running', attempt = jobs.attempt + 1, lease_token = $3, \
-                 lease_expires_at = now() + make_interval(secs => $4), heartbeat_at = now(), \
-                 started_at = coalesce(jobs.started_at, now()) \
+                 leased_at = now(), lease_expires_at = now() + make_interval(secs => $4), \
+                 heartbeat_at = now(), started_at = coalesce(jobs.started_at, now()) \
              FROM candidate WHERE jobs.id = candidate.id AND jobs.state = 'queued' \
              RETURNING jobs.* \
          ), recorded AS ( \
@@ -316,31 +350,59 @@ pub async fn lease(
     Ok(None)
 }
 
+/// Slots among `slots` (of `tenant`, when not empty) where a job leased by
+/// another agent is running: (slot, tenant, agent, job id). Read only; lets
+/// an agent that finds nothing to do say why.
+pub async fn busy_slots(
+    pool: &PgPool,
+    agent_id: &str,
+    slots: &[i32],
+    tenant: &str,
+) -> Result<Vec<(i32, String, String, Uuid)>> {
+    Ok(sqlx::query_as(
+        "SELECT j.namespace_slot, j.tenant_id, a.agent_id, j.id \
+         FROM jobs j JOIN attempts a ON a.lease_token = j.lease_token \
+         WHERE j.state = 'running' AND j.namespace_slot = ANY($1) \
+           AND ($2 = '' OR j.tenant_id = $2) AND a.agent_id <> $3 \
+         ORDER BY j.namespace_slot, j.tenant_id",
+    )
+    .bind(slots)
+    .bind(tenant)
+    .bind(agent_id)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Keeps a lease alive: `running -> running` with a later expiry, for the
 /// current lease token only. Returns whether an operator asked for the job to
-/// stop (always false until cancel exists).
+/// stop.
 pub async fn heartbeat(pool: &PgPool, token: Uuid, ttl: Duration) -> Result<bool> {
-    let kept = sqlx::query(
+    let kept: Option<bool> = sqlx::query_scalar(
         "UPDATE jobs SET heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => $2) \
-         WHERE lease_token = $1 AND state = 'running'",
+         WHERE lease_token = $1 AND state = 'running' \
+         RETURNING cancel_requested_at IS NOT NULL",
     )
     .bind(token)
     .bind(ttl.as_secs_f64())
-    .execute(pool)
+    .fetch_optional(pool)
     .await?;
-    if kept.rows_affected() == 0 {
-        return Err(QueueError::LeaseNotHeld(
+    match kept {
+        Some(cancel_requested) => Ok(cancel_requested),
+        None => Err(QueueError::LeaseNotHeld(
             why_not_held(pool, token, None).await?,
-        ));
+        )),
     }
-    Ok(false)
 }
 
-/// Transition `running -> passed | failed | errored | queued` for the current
-/// lease token, recording the attempt's result in the same statement:
+/// Transition `running -> passed | failed | errored | cancelled | queued` for
+/// the current lease token, recording the attempt's result in the same
+/// statement:
 ///
-/// - `PASSED` -> `passed`, `FAILED` -> `failed` (a scenario result, never retried);
-/// - `ERROR` -> `queued` while attempts are left, `errored` on the last one.
+/// - `PASSED` -> `passed`, `FAILED` -> `failed` (a scenario result, never
+///   retried, even when a cancel was requested meanwhile: the result stands);
+/// - `ERROR` -> `queued` while attempts are left, `errored` on the last one;
+/// - `INTERRUPTED` (agent shut down) -> `queued`, giving the attempt back;
+/// - `CANCELLED`, or `ERROR`/`INTERRUPTED` after a cancel request -> `cancelled`.
 ///
 /// A report already recorded with the same token and outcome (an agent retrying
 /// after a lost reply) succeeds and changes nothing. Any other report for a
@@ -349,26 +411,34 @@ pub async fn heartbeat(pool: &PgPool, token: Uuid, ttl: Duration) -> Result<bool
 pub async fn complete(pool: &PgPool, token: Uuid, report: &Report) -> Result<String> {
     let mut tx = pool.begin().await?;
     let state: Option<String> = sqlx::query_scalar(
-        "WITH done AS ( \
-             UPDATE jobs SET \
-                 state = CASE \
-                     WHEN $2 = 'PASSED' THEN 'passed' \
-                     WHEN $2 = 'FAILED' THEN 'failed' \
-                     WHEN attempt < max_attempts THEN 'queued' \
-                     ELSE 'errored' END, \
-                 lease_token = NULL, lease_expires_at = NULL, heartbeat_at = NULL, \
-                 finished_at = CASE WHEN $2 = 'ERROR' AND attempt < max_attempts \
-                     THEN NULL ELSE now() END \
-             WHERE lease_token = $1 AND state = 'running' \
-             RETURNING id, attempt, state \
-         ), recorded AS ( \
-             UPDATE attempts a SET finished_at = now(), outcome = $2, exit_code = $3, \
-                 duration_ms = $4, error = $5, output_tail = $6, metrics = $7 \
-             FROM done \
-             WHERE a.job_id = done.id AND a.attempt = done.attempt AND a.lease_token = $1 \
-               AND a.outcome IS NULL \
-         ) \
-         SELECT state FROM done",
+        concat!(
+            "WITH done AS ( \
+                 UPDATE jobs SET \
+                     state = CASE WHEN ",
+            requeue!(),
+            " THEN 'queued' \
+                         WHEN $2 = 'PASSED' THEN 'passed' \
+                         WHEN $2 = 'FAILED' THEN 'failed' \
+                         WHEN $2 = 'ERROR' AND cancel_requested_at IS NULL THEN 'errored' \
+                         ELSE 'cancelled' END, \
+                     attempt = CASE WHEN $2 = 'INTERRUPTED' AND ",
+            requeue!(),
+            " THEN attempt - 1 ELSE attempt END, \
+                     finished_at = CASE WHEN ",
+            requeue!(),
+            " THEN NULL ELSE now() END, \
+                     lease_token = NULL, leased_at = NULL, lease_expires_at = NULL, \
+                     heartbeat_at = NULL \
+                 WHERE lease_token = $1 AND state = 'running' \
+                 RETURNING id, state \
+             ), recorded AS ( \
+                 UPDATE attempts a SET finished_at = now(), outcome = $2, exit_code = $3, \
+                     duration_ms = $4, error = $5, output_tail = $6, metrics = $7 \
+                 FROM done \
+                 WHERE a.lease_token = $1 AND a.job_id = done.id AND a.outcome IS NULL \
+             ) \
+             SELECT state FROM done"
+        ),
     )
     .bind(token)
     .bind(report.outcome)
@@ -407,6 +477,122 @@ pub async fn complete(pool: &PgPool, token: Uuid, report: &Report) -> Result<Str
     }
 }
 
+/// Which leases the reaper should take back: running jobs whose lease expired
+/// (the agent stopped heartbeating), or that ran `margin` past their timeout
+/// (the agent did not stop them). Returns (job id, lease token, reason).
+///
+/// This is only a scan: [`reclaim`] re-checks everything when it writes, so a
+/// job completed or heartbeated in between is left alone.
+pub async fn expired_leases(
+    pool: &PgPool,
+    margin: Duration,
+    limit: i64,
+) -> Result<Vec<(Uuid, Uuid, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT id, lease_token, \
+             CASE WHEN lease_expires_at < now() THEN 'lease expired: agent lost' \
+             ELSE format('timeout: ran past its %ss timeout and its agent did not stop it', \
+                 timeout_seconds) END \
+         FROM jobs \
+         WHERE state = 'running' AND (lease_expires_at < now() \
+             OR leased_at + make_interval(secs => timeout_seconds + $1) < now()) \
+         ORDER BY lease_expires_at LIMIT $2",
+    )
+    .bind(margin.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Transition `running -> queued | errored | cancelled` by the reaper, for a
+/// lease found by [`expired_leases`]: counted as an infra failure (outcome
+/// `RECLAIMED`, with `reason`), or `cancelled` when a cancel was requested.
+///
+/// Guarded like every transition: the job must still be running under the
+/// same token, and its lease still expired (or its timeout still passed) at
+/// the moment of the write. A job completed, re-leased or heartbeated since
+/// the scan is not touched, and `None` is returned.
+pub async fn reclaim(
+    pool: &PgPool,
+    id: Uuid,
+    token: Uuid,
+    reason: &str,
+    margin: Duration,
+) -> Result<Option<String>> {
+    let mut tx = pool.begin().await?;
+    let state: Option<String> = sqlx::query_scalar(
+        "WITH done AS ( \
+             UPDATE jobs SET \
+                 state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' \
+                     WHEN attempt < max_attempts THEN 'queued' ELSE 'errored' END, \
+                 finished_at = CASE WHEN cancel_requested_at IS NULL AND attempt < max_attempts \
+                     THEN NULL ELSE now() END, \
+                 lease_token = NULL, leased_at = NULL, lease_expires_at = NULL, \
+                 heartbeat_at = NULL \
+             WHERE id = $1 AND lease_token = $2 AND state = 'running' \
+               AND (lease_expires_at < now() \
+                   OR leased_at + make_interval(secs => timeout_seconds + $4) < now()) \
+             RETURNING id, state \
+         ), recorded AS ( \
+             UPDATE attempts a SET finished_at = now(), outcome = 'RECLAIMED', error = $3 \
+             FROM done WHERE a.lease_token = $2 AND a.job_id = done.id AND a.outcome IS NULL \
+         ) \
+         SELECT state FROM done",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(reason)
+    .bind(margin.as_secs_f64())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if state.as_deref() == Some("queued") {
+        notify_queued(&mut tx).await?;
+    }
+    tx.commit().await?;
+    Ok(state)
+}
+
+/// What a cancel did: queued jobs cancelled at once, running jobs asked to
+/// stop, and jobs that had already finished.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cancelled {
+    pub cancelled: u32,
+    pub stopping: u32,
+    pub finished: u32,
+}
+
+/// Transition `queued -> cancelled`, and a stored stop request on `running`
+/// jobs (their agent sees it on its next heartbeat and reports `CANCELLED`; if
+/// it never does, the reaper ends the job `cancelled` when its lease expires).
+/// `batch` selects every job of the batch `id`, otherwise the job `id`.
+/// Returns `None` when no such job or batch exists.
+pub async fn cancel(pool: &PgPool, id: Uuid, batch: bool) -> Result<Option<Cancelled>> {
+    const BY_JOB: &str = concat!(
+        "WITH sel AS (SELECT id, state FROM jobs WHERE id = $1",
+        cancel_rest!()
+    );
+    const BY_BATCH: &str = concat!(
+        "WITH sel AS (SELECT id, state FROM jobs WHERE batch_id = $1",
+        cancel_rest!()
+    );
+    let rows: Vec<(String, i64)> = sqlx::query_as(if batch { BY_BATCH } else { BY_JOB })
+        .bind(id)
+        .fetch_all(pool)
+        .await?;
+    let mut out = Cancelled::default();
+    let mut any = false;
+    for (state, n) in rows {
+        any = true;
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        match state.as_str() {
+            "cancelled*" => out.cancelled += n,
+            "running" => out.stopping += n,
+            _ => out.finished += n,
+        }
+    }
+    Ok(any.then_some(out))
+}
+
 /// Explains, for an error message, why `token` is not a current lease.
 async fn why_not_held(pool: &PgPool, token: Uuid, outcome: Option<&str>) -> Result<String> {
     let row: Option<(Uuid, i32, Option<String>, String, i32)> = sqlx::query_as(
@@ -442,10 +628,10 @@ pub async fn get_batch(pool: &PgPool, batch_id: Uuid) -> Result<(Vec<JobRow>, Ve
     .fetch_all(pool)
     .await?;
     let attempts = sqlx::query_as::<_, AttemptRow>(
-        "SELECT a.job_id, a.attempt, a.agent_id, a.started_at, a.finished_at, a.outcome, \
-             a.exit_code, a.duration_ms, a.error, a.output_tail, a.metrics \
+        "SELECT a.lease_token, a.job_id, a.attempt, a.agent_id, a.started_at, a.finished_at, \
+             a.outcome, a.exit_code, a.duration_ms, a.error, a.output_tail, a.metrics \
          FROM attempts a JOIN jobs j ON j.id = a.job_id \
-         WHERE j.batch_id = $1 ORDER BY j.position, a.attempt",
+         WHERE j.batch_id = $1 ORDER BY j.position, a.started_at",
     )
     .bind(batch_id)
     .fetch_all(pool)

@@ -87,6 +87,14 @@ impl Coordinator {
                 .listen(self.pool.clone(), shutdown.child_token()),
         );
 
+        let reaper_task = tokio::spawn(crate::reaper::run(
+            self.pool.clone(),
+            self.timing.reap_interval,
+            self.timing.lease_ttl,
+            self.timing.timeout_margin,
+            shutdown.child_token(),
+        ));
+
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<CoordinatorServer<CoordinatorService>>()
@@ -133,6 +141,7 @@ impl Coordinator {
             .await?;
         shutdown.cancel();
         let _ = listen_task.await;
+        let _ = reaper_task.await;
         self.pool.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -8,7 +8,8 @@ use std::time::Duration;
 use benchq::proto::{
     self, CompleteRequest, CompleteResponse, EnqueueBatchRequest, EnqueueBatchResponse,
     EnqueueRequest, EnqueueResponse, GetBatchRequest, GetBatchResponse, HeartbeatRequest,
-    HeartbeatResponse, JobState, LeaseRequest, LeaseResponse, Outcome,
+    HeartbeatResponse, JobState, LeaseRequest, LeaseResponse, Outcome, CancelBatchRequest,
+    CancelJobRequest, CancelResponse,
 };
 use sqlx::PgPool;
 use tokio::time::Instant;
@@ -31,6 +32,12 @@ pub struct Timing {
     pub poll_interval: Duration,
     /// How often a waiting Lease looks for work while the LISTEN connection is down.
     pub fallback_poll_interval: Duration,
+    /// How often the reaper looks for expired leases.
+    pub reap_interval: Duration,
+    /// How long past its timeout a job may run before the coordinator takes it
+    /// back from an agent that did not stop it (the agent's own kill, grace
+    /// period and report should fit in it).
+    pub timeout_margin: Duration,
 }
 
 impl Default for Timing {
@@ -40,6 +47,8 @@ impl Default for Timing {
             max_lease_wait: Duration::from_secs(30),
             poll_interval: Duration::from_secs(5),
             fallback_poll_interval: Duration::from_millis(500),
+            reap_interval: Duration::from_secs(2),
+            timeout_margin: Duration::from_secs(60),
         }
     }
 }
@@ -135,6 +144,7 @@ fn spec_of(j: &JobRow) -> proto::JobSpec {
         namespace_slot: j.namespace_slot,
         parallel: j.parallel,
         max_attempts: j.max_attempts,
+        timeout_seconds: j.timeout_seconds.max(0) as u32,
     }
 }
 
@@ -233,11 +243,26 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
                         heartbeat_interval_ms: (ttl_ms / 3).max(1),
                         lease_ttl_ms: ttl_ms,
                     }),
+                    busy_slots: Vec::new(),
                 }));
             }
             let now = Instant::now();
             if now >= deadline {
-                return Ok(Response::new(LeaseResponse { lease: None }));
+                let busy_slots = queue::busy_slots(&self.pool, &agent, &slots, &tenant)
+                    .await
+                    .map_err(status)?
+                    .into_iter()
+                    .map(|(slot, tenant_id, agent_id, id)| proto::BusySlot {
+                        slot,
+                        tenant_id,
+                        agent_id,
+                        id: id.to_string(),
+                    })
+                    .collect();
+                return Ok(Response::new(LeaseResponse {
+                    lease: None,
+                    busy_slots,
+                }));
             }
             let poll = if self.wakeup.is_listening() {
                 self.timing.poll_interval
@@ -248,7 +273,7 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
                 _ = notified => {}
                 _ = tokio::time::sleep_until(deadline.min(now + poll)) => {}
                 _ = self.shutdown.cancelled() => {
-                    return Ok(Response::new(LeaseResponse { lease: None }));
+                    return Ok(Response::new(LeaseResponse::default()));
                 }
             }
         }
@@ -303,6 +328,7 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
                     JobState::Passed => counts.passed += 1,
                     JobState::Failed => counts.failed += 1,
                     JobState::Errored => counts.errored += 1,
+                    JobState::Cancelled => counts.cancelled += 1,
                     JobState::Unspecified => {}
                 }
                 // Attempts come ordered by job position, like the jobs.
@@ -326,6 +352,7 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
                     finished_at: j.finished_at.map(ts),
                     attempts: mine,
                     position: j.position,
+                    cancel_requested: j.cancel_requested,
                 }
             })
             .collect();
@@ -334,5 +361,41 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
             jobs,
             counts: Some(counts),
         }))
+    }
+
+    #[tracing::instrument(skip_all, err(level = "debug"))]
+    async fn cancel_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<CancelResponse>, Status> {
+        let id = validate::uuid("id", &request.get_ref().id)?;
+        let done = queue::cancel(&self.pool, id, false)
+            .await
+            .map_err(status)?
+            .ok_or_else(|| Status::not_found(format!("id: no job {id}")))?;
+        tracing::info!(%id, ?done, "cancel job");
+        Ok(Response::new(cancel_response(done)))
+    }
+
+    #[tracing::instrument(skip_all, err(level = "debug"))]
+    async fn cancel_batch(
+        &self,
+        request: Request<CancelBatchRequest>,
+    ) -> Result<Response<CancelResponse>, Status> {
+        let batch = validate::uuid("job_id", &request.get_ref().job_id)?;
+        let done = queue::cancel(&self.pool, batch, true)
+            .await
+            .map_err(status)?
+            .ok_or_else(|| Status::not_found(format!("job_id: no batch {batch}")))?;
+        tracing::info!(%batch, ?done, "cancel batch");
+        Ok(Response::new(cancel_response(done)))
+    }
+}
+
+fn cancel_response(c: queue::Cancelled) -> CancelResponse {
+    CancelResponse {
+        cancelled: c.cancelled,
+        stopping: c.stopping,
+        finished: c.finished,
     }
 }

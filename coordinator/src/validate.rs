@@ -12,6 +12,10 @@ use crate::queue::{JobArgs, Report};
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 2;
 /// Upper bound on `max_attempts`: more is a mistake, not a policy.
 pub const MAX_ATTEMPTS_LIMIT: i32 = 20;
+/// Timeout of an attempt when the request leaves `timeout_seconds` at 0.
+pub const DEFAULT_TIMEOUT_SECONDS: u32 = 3600;
+/// Upper bound on `timeout_seconds`: a week.
+pub const MAX_TIMEOUT_SECONDS: u32 = 7 * 24 * 3600;
 /// Upper bound on `parallel` (and so on namespace slots).
 pub const MAX_PARALLEL: i32 = 4096;
 /// Most scenarios in one EnqueueBatch.
@@ -101,6 +105,17 @@ fn max_attempts(field: &str, value: i32) -> Result<i32, Status> {
     }
 }
 
+fn timeout(field: &str, value: u32) -> Result<i32, Status> {
+    match value {
+        0 => Ok(DEFAULT_TIMEOUT_SECONDS as i32),
+        1..=MAX_TIMEOUT_SECONDS => Ok(value as i32),
+        _ => Err(invalid(
+            field,
+            format!("must be at most {MAX_TIMEOUT_SECONDS} (a week; 0 for the default)"),
+        )),
+    }
+}
+
 fn parallel(field: &str, value: i32) -> Result<i32, Status> {
     if (1..=MAX_PARALLEL).contains(&value) {
         Ok(value)
@@ -140,6 +155,7 @@ fn common(prefix: &str, spec: &proto::JobSpec) -> Result<JobArgs, Status> {
         namespace_slot: 0,
         parallel: 1,
         max_attempts: max_attempts(&f("max_attempts"), spec.max_attempts)?,
+        timeout_seconds: timeout(&f("timeout_seconds"), spec.timeout_seconds)?,
     })
 }
 
@@ -243,6 +259,14 @@ pub fn complete(req: &proto::CompleteRequest) -> Result<(Uuid, Report), Status> 
         Ok(Outcome::Passed) => "PASSED",
         Ok(Outcome::Failed) => "FAILED",
         Ok(Outcome::Error) => "ERROR",
+        Ok(Outcome::Cancelled) => "CANCELLED",
+        Ok(Outcome::Interrupted) => "INTERRUPTED",
+        Ok(Outcome::Reclaimed) => {
+            return Err(invalid(
+                "outcome",
+                "RECLAIMED is recorded by the coordinator, agents cannot report it",
+            ));
+        }
         Ok(Outcome::Unspecified) => return Err(invalid("outcome", "is required")),
         Err(_) => return Err(invalid("outcome", format!("unknown value {}", req.outcome))),
     };

@@ -7,11 +7,20 @@ use std::time::Duration;
 use benchq::proto::{HeartbeatRequest, JobState, Outcome};
 use tonic::Code;
 
-use crate::support::app::{batch, complete_req, lease_req, snapshot, spawn_app};
+use benchq_coordinator::service::Timing;
+
+use crate::support::app::{
+    batch, complete_req, lease_req, snapshot, spawn_app, spawn_app_with, test_timing,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_concurrent_leasers_lease_each_of_1000_jobs_exactly_once() {
-    let app = spawn_app().await;
+    // Leases that outlive the test: the reaper must not take any back meanwhile.
+    let app = spawn_app_with(Timing {
+        lease_ttl: Duration::from_secs(600),
+        ..test_timing()
+    })
+    .await;
     let mut c = app.client().await;
     // One slot per job, so the one-running-per-slot rule never holds a leaser back
     // and every leaser competes for every job.
@@ -74,7 +83,8 @@ async fn database_refuses_a_second_running_job_in_one_tenant_slot() {
     c.enqueue_batch(other).await.unwrap();
 
     let start = "UPDATE jobs SET state = 'running', attempt = 1, lease_token = gen_random_uuid(), \
-                 lease_expires_at = now() + interval '1 minute' WHERE scenario_id = $1";
+                 leased_at = now(), lease_expires_at = now() + interval '1 minute' \
+                 WHERE scenario_id = $1";
     sqlx::query(start)
         .bind("a")
         .execute(&app.pool)

@@ -38,6 +38,8 @@ pub fn test_timing() -> Timing {
         max_lease_wait: Duration::from_secs(10),
         poll_interval: Duration::from_secs(60),
         fallback_poll_interval: Duration::from_millis(200),
+        reap_interval: Duration::from_millis(200),
+        timeout_margin: Duration::from_secs(5),
     }
 }
 
