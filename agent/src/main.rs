@@ -94,7 +94,7 @@ async fn main() -> ExitCode {
 
     let shutdown = CancellationToken::new();
     let forced = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone(), forced.clone()));
+    watch_signals(shutdown.clone(), forced.clone());
     tokio::select! {
         _ = agent.run(shutdown) => ExitCode::SUCCESS,
         _ = forced.cancelled() => {
@@ -108,32 +108,43 @@ async fn main() -> ExitCode {
 
 /// The first SIGTERM or Ctrl-C drains (no new leases, running jobs finish and
 /// are reported); a second one abandons the running jobs.
-async fn watch_signals(shutdown: CancellationToken, forced: CancellationToken) {
+///
+/// The handlers are installed before this returns, i.e. before any work
+/// starts: a signal arriving before them would kill the agent outright.
+fn watch_signals(shutdown: CancellationToken, forced: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            error!("cannot listen for SIGTERM: {e}");
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            error!("cannot listen for SIGTERM and SIGINT: {e}");
             return;
         }
     };
-    let mut signals = 0;
-    loop {
-        tokio::select! {
-            _ = term.recv() => {}
-            r = tokio::signal::ctrl_c() => if r.is_err() { return },
+    tokio::spawn(async move {
+        let mut signals = 0;
+        loop {
+            let got = tokio::select! {
+                got = term.recv() => got,
+                got = int.recv() => got,
+            };
+            if got.is_none() {
+                return;
+            }
+            signals += 1;
+            if signals == 1 {
+                info!(
+                    "shutting down: no new jobs; waiting for running jobs to finish and be reported (signal again to abandon them)"
+                );
+                shutdown.cancel();
+            } else {
+                forced.cancel();
+                return;
+            }
         }
-        signals += 1;
-        if signals == 1 {
-            info!(
-                "shutting down: no new jobs; waiting for running jobs to finish and be reported (signal again to abandon them)"
-            );
-            shutdown.cancel();
-        } else {
-            forced.cancel();
-            return;
-        }
-    }
+    });
 }
 
 #[cfg(test)]
@@ -190,15 +201,5 @@ mod tests {
         assert_eq!(cli.agent_id.as_deref(), Some("a1"));
         assert_eq!(cli.tenant.as_deref(), Some("acme"));
         assert_eq!(cli.work_dir, Some(PathBuf::from("/var/benchq")));
-    }
-
-    #[test]
-    fn refusals() {
-        let base = ["benchq-agent", "--coordinator", "c:1"];
-        let parse = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra));
-        assert!(parse(&["--", "prog"]).is_err(), "a slot is required");
-        assert!(parse(&["--slot", "0"]).is_err(), "a program is required");
-        assert!(parse(&["--slot", "-1", "--", "prog"]).is_err());
-        assert!(parse(&["--slot", "0", "--lease-wait", "soon", "--", "prog"]).is_err());
     }
 }

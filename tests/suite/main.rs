@@ -5,8 +5,12 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod agent_loop;
 mod end_to_end;
+mod faults;
 mod grpc_surface;
 mod leases;
+mod cancel;
 mod migrations;
+mod reclaim;
 mod validation;

@@ -237,9 +237,18 @@ impl Proc {
 /// Starts the real `benchq-coordinator` binary on a free loopback port and
 /// waits for its "ready" line. Returns the process and its URL.
 pub async fn spawn_coordinator_bin(db_url: &str, extra: &[&str]) -> (Proc, String) {
+    spawn_coordinator_bin_on("127.0.0.1:0", db_url, extra).await
+}
+
+/// Like [`spawn_coordinator_bin`], on a given address (to restart on the same port).
+pub async fn spawn_coordinator_bin_on(
+    listen: &str,
+    db_url: &str,
+    extra: &[&str],
+) -> (Proc, String) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut cmd = Command::new(bin("benchq-coordinator"));
-    cmd.args(["--listen", "127.0.0.1:0", "--database-url", db_url])
+    cmd.args(["--listen", listen, "--database-url", db_url])
         .args(extra)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1");
@@ -261,8 +270,20 @@ pub async fn spawn_coordinator_bin(db_url: &str, extra: &[&str]) -> (Proc, Strin
 
 /// Starts a real `benchq-agent` for `slots`, running `program`.
 pub fn spawn_agent_bin(url: &str, agent_id: &str, slots: &[i32], program: &[&str]) -> Proc {
+    spawn_agent_bin_with(url, agent_id, slots, &[], program)
+}
+
+/// Like [`spawn_agent_bin`], with extra agent flags (`--grace 1s`, …).
+pub fn spawn_agent_bin_with(
+    url: &str,
+    agent_id: &str,
+    slots: &[i32],
+    extra: &[&str],
+    program: &[&str],
+) -> Proc {
     let mut cmd = Command::new(bin("benchq-agent"));
     cmd.args(["--coordinator", url, "--agent-id", agent_id])
+        .args(extra)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1");
     for s in slots {
@@ -270,6 +291,35 @@ pub fn spawn_agent_bin(url: &str, agent_id: &str, slots: &[i32], program: &[&str
     }
     cmd.arg("--").args(program);
     Proc::spawn(agent_id, &mut cmd, None)
+}
+
+/// Polls `check` every 25 ms until it returns `Some`, for at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Counts of jobs by state in the test database.
+pub async fn state_counts(pool: &PgPool) -> std::collections::BTreeMap<String, i64> {
+    sqlx::query_as::<_, (String, i64)>("SELECT state, count(*) FROM jobs GROUP BY 1")
+        .fetch_all(pool)
+        .await
+        .expect("state counts")
+        .into_iter()
+        .collect()
 }
 
 /// Writes an executable shell script into a fresh temp dir and returns its path.
