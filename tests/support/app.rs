@@ -347,3 +347,65 @@ pub async fn cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// (job id, attempt) pairs an agent says it leased, from its log.
+pub fn leased_in_log(log: &str) -> Vec<(String, i32)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.split("leased job ").nth(1)?;
+            let mut words = rest.split_whitespace();
+            let id = words.next()?.to_string();
+            let attempt = rest
+                .split(" attempt ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some((id, attempt))
+        })
+        .collect()
+}
+
+/// Every job passed, with exactly one PASSED attempt; attempts the coordinator
+/// took back (RECLAIMED) were never received by any agent, so no job was
+/// dispatched twice while its agent lived.
+pub async fn assert_each_job_ran_once(pool: &PgPool, agents: &[Proc]) {
+    let counts = state_counts(pool).await;
+    assert_eq!(counts.keys().collect::<Vec<_>>(), ["passed"], "{counts:?}");
+    let rows: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(
+        "SELECT job_id, count(*) FILTER (WHERE outcome = 'PASSED'), \
+             count(*) FILTER (WHERE outcome IS DISTINCT FROM 'PASSED' AND outcome <> 'RECLAIMED') \
+         FROM attempts GROUP BY job_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(rows.len() as i64, jobs);
+    for (job, passed, other) in rows {
+        assert_eq!(
+            (passed, other),
+            (1, 0),
+            "job {job}: one result, from one live lease"
+        );
+    }
+    let reclaimed: Vec<(uuid::Uuid, i32)> =
+        sqlx::query_as("SELECT job_id, attempt FROM attempts WHERE outcome = 'RECLAIMED'")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let seen: Vec<(String, i32)> = agents
+        .iter()
+        .flat_map(|a| leased_in_log(&a.log()))
+        .collect();
+    for (job, attempt) in reclaimed {
+        assert!(
+            !seen.contains(&(job.to_string(), attempt)),
+            "job {job} attempt {attempt} was taken back from a live agent"
+        );
+    }
+}

@@ -129,3 +129,83 @@ async fn restart_keeps_data() {
         .unwrap();
     assert_eq!(n, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_survives_a_postgres_restart_without_operator_action() {
+    use std::time::Duration;
+    use support::app::{
+        assert_each_job_ran_once, batch, script, spawn_agent_bin, spawn_coordinator_bin,
+    };
+
+    let _down = SERVER_UP.write().await;
+    let db_url = cluster().fresh_database().await;
+    let (mut coordinator, url) =
+        spawn_coordinator_bin(&db_url, &["--lease-ttl", "3s", "--reap-interval", "200ms"]).await;
+    let runner = script("quick.sh", "sleep 0.05\nexit 0\n");
+    let agents: Vec<_> = (0..2)
+        .map(|slot| {
+            spawn_agent_bin(
+                &url,
+                &format!("agent-{slot}"),
+                &[slot],
+                &[runner.to_str().unwrap()],
+            )
+        })
+        .collect();
+    let scenarios: Vec<String> = (0..120).map(|i| format!("s{i}")).collect();
+    let refs: Vec<&str> = scenarios.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let mut c = benchq::client::connect(&url).await.unwrap();
+    c.enqueue_batch(batch(&refs, 2)).await.unwrap();
+
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(&db_url)
+        .await
+        .unwrap();
+    let passed = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs WHERE state = 'passed'")
+            .fetch_one(&pool)
+            .await
+            .ok()
+    };
+    while passed(pool.clone()).await.unwrap_or(0) < 30 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "batch did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // PostgreSQL goes away for a second, mid-batch, and comes back.
+    let outage = std::time::Instant::now();
+    tokio::task::spawn_blocking(|| {
+        cluster().stop();
+        std::thread::sleep(Duration::from_secs(1));
+        cluster().start();
+    })
+    .await
+    .unwrap();
+    let outage = outage.elapsed();
+    while passed(pool.clone()).await.unwrap_or(0) < 120 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "batch did not finish after the restart; coordinator log:\n{}",
+            coordinator.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "120 jobs with a {outage:?} PostgreSQL outage mid-batch: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        coordinator.child.try_wait().unwrap().is_none(),
+        "the coordinator kept running through the outage"
+    );
+    assert!(
+        coordinator.log().contains("LISTEN connection lost"),
+        "the coordinator noticed and re-established LISTEN:\n{}",
+        coordinator.log()
+    );
+    assert_each_job_ran_once(&pool, &agents).await;
+}
