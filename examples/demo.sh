@@ -264,6 +264,7 @@ fi
 coord_port=$(free_port)
 coordinator=http://127.0.0.1:$coord_port
 "${detach[@]}" "$bin_dir/benchq-coordinator" --listen "127.0.0.1:$coord_port" --database-url "$database_url" \
+    --insecure-no-auth \
     </dev/null >"$tmp/coordinator.log" 2>&1 &
 echo $! >"$tmp/pids/coordinator"
 coordinator_ready() { grep -q ready "$tmp/coordinator.log" && tcp_open "$coord_port"; }

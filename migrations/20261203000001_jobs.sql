@@ -76,6 +76,9 @@ CREATE TABLE attempts (
     -- number back, so the next lease has the same one.
     attempt      integer     NOT NULL CHECK (attempt >= 1),
     agent_id     text        NOT NULL,
+    -- The credential that took the lease (empty without authentication):
+    -- only it may heartbeat or complete the lease.
+    credential   text        NOT NULL DEFAULT '',
     started_at   timestamptz NOT NULL DEFAULT now(),
     finished_at  timestamptz,
     outcome      text        CHECK (outcome IN ('PASSED', 'FAILED', 'ERROR', 'CANCELLED',

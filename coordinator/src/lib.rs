@@ -4,12 +4,14 @@
 //! can serve one queue. The job state machine lives in [`queue`]; everything
 //! else is the edge around it:
 //!
+//! - [`auth`] says who is calling (bearer tokens, roles, tenants);
 //! - [`validate`] turns requests into the queue's types, refusing bad input;
 //! - [`service`] maps each RPC onto one transition;
 //! - [`wakeup`] wakes long-polling Leases on `NOTIFY`;
 //! - [`reaper`] takes back the leases of agents that are gone;
 //! - [`server`] wires it together with health and reflection, and shuts down cleanly.
 
+pub mod auth;
 pub mod queue;
 pub mod reaper;
 pub mod server;

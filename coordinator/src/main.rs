@@ -4,6 +4,11 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use benchq_coordinator::auth::{self, Auth, Role};
+use benchq_coordinator::server::TlsFiles;
 use benchq_coordinator::{Config, Coordinator};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +42,27 @@ struct Cli {
     #[arg(long, env = "BENCHQ_TIMEOUT_MARGIN", default_value = "60s", value_parser = benchq::duration::parse)]
     timeout_margin: Duration,
 
+    /// The tokens file (see `token add`): callers need one of its tokens.
+    #[arg(long, env = "BENCHQ_TOKENS", conflicts_with = "insecure_no_auth")]
+    tokens: Option<PathBuf>,
+
+    /// Serve without authentication: anyone who reaches the port may do
+    /// anything. Only allowed on a loopback address.
+    #[arg(long)]
+    insecure_no_auth: bool,
+
+    /// The coordinator's TLS certificate chain (PEM). With --tls-key, serve TLS.
+    #[arg(long, env = "BENCHQ_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "BENCHQ_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, env = "BENCHQ_CLIENT_CA", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+
     /// Size of the PostgreSQL connection pool.
     #[arg(long, env = "BENCHQ_DB_CONNECTIONS", default_value_t = 20)]
     db_connections: u32,
@@ -49,6 +75,29 @@ struct Cli {
 enum Command {
     /// Apply the database migrations and exit (the server also applies them on start).
     Migrate,
+    /// Manage the tokens file.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Add a token to the tokens file (created if missing) and print its secret,
+    /// once: only its hash is stored. A running coordinator picks it up on SIGHUP.
+    Add {
+        /// The tokens file.
+        #[arg(long)]
+        file: PathBuf,
+        /// A unique name for the token (shown in logs and job records).
+        #[arg(long)]
+        name: String,
+        /// agent (Lease/Heartbeat/Complete), operator (Enqueue, read, cancel) or admin (all tenants).
+        #[arg(long)]
+        role: Role,
+        /// The tenant the token acts for (not needed for admin).
+        #[arg(long, default_value = "")]
+        tenant: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +122,23 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    if let Some(Command::Token(TokenCommand::Add {
+        file,
+        name,
+        role,
+        tenant,
+    })) = &cli.command
+    {
+        let secret = auth::add_token(file, name, *role, tenant)?;
+        eprintln!(
+            "added token {name:?} ({}{}) to {}; its secret, shown only now:",
+            role.name(),
+            if tenant.is_empty() { String::new() } else { format!(", tenant {tenant}") },
+            file.display()
+        );
+        println!("{secret}");
+        return Ok(());
+    }
     let url = cli
         .database_url
         .ok_or("no database: pass --database-url URL or set DATABASE_URL")?;
@@ -82,16 +148,71 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         tracing::info!("migrations applied");
         return Ok(());
     }
+    let auth = match (&cli.tokens, cli.insecure_no_auth) {
+        (Some(path), _) => Auth::from_file(path)?,
+        (None, true) if cli.listen.ip().is_loopback() => {
+            tracing::warn!(
+                "running WITHOUT authentication (--insecure-no-auth): anyone who can reach {} can do anything",
+                cli.listen
+            );
+            Auth::disabled()
+        }
+        (None, true) => {
+            return Err(format!(
+                "--insecure-no-auth is only allowed on a loopback address, not {}: \
+                 create tokens with `benchq-coordinator token add` and pass --tokens FILE",
+                cli.listen
+            )
+            .into());
+        }
+        (None, false) => {
+            return Err("no authentication configured: pass --tokens FILE (see \
+                        `benchq-coordinator token add --help`), or --insecure-no-auth on a \
+                        loopback address"
+                .into());
+        }
+    };
     let mut config = Config::new(cli.listen, url);
+    config.auth = Arc::new(auth);
+    config.tls = cli.tls_cert.map(|cert| TlsFiles {
+        cert,
+        key: cli.tls_key.expect("clap requires --tls-key with --tls-cert"),
+        client_ca: cli.client_ca,
+    });
+    if config.tls.is_none() && !cli.listen.ip().is_loopback() {
+        tracing::warn!(
+            "serving plaintext gRPC on {}: tokens and results cross the network unencrypted; \
+             pass --tls-cert and --tls-key",
+            cli.listen
+        );
+    }
     config.max_connections = cli.db_connections;
     config.timing.lease_ttl = cli.lease_ttl;
     config.timing.max_lease_wait = cli.max_lease_wait;
     config.timing.reap_interval = cli.reap_interval;
     config.timing.timeout_margin = cli.timeout_margin;
+    let auth = config.auth.clone();
     let coordinator = Coordinator::build(config).await?;
+    if auth.is_enabled() {
+        tokio::spawn(reload_on_sighup(auth));
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     coordinator.run(shutdown).await
+}
+
+/// Reads the tokens file again on each SIGHUP.
+async fn reload_on_sighup(auth: Arc<Auth>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match auth.reload() {
+            Ok(n) => tracing::info!("SIGHUP: tokens file reloaded, {n} tokens"),
+            Err(e) => tracing::error!("SIGHUP: {e}; keeping the tokens in force"),
+        }
+    }
 }
 
 /// Cancels `shutdown` on SIGTERM or Ctrl-C.

@@ -27,6 +27,8 @@ pub enum QueueError {
     /// The lease token is not the job's current lease (stale, unknown or completed
     /// with another outcome). Nothing was changed.
     LeaseNotHeld(String),
+    /// The lease was taken by another credential. Nothing was changed.
+    LeaseOfOtherCredential,
     /// The batch id is already taken (EnqueueBatch never appends).
     BatchExists(Uuid),
     /// The batch belongs to another tenant.
@@ -44,6 +46,9 @@ impl std::fmt::Display for QueueError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             QueueError::LeaseNotHeld(why) => write!(f, "lease not held: {why}"),
+            QueueError::LeaseOfOtherCredential => {
+                write!(f, "the lease belongs to another credential")
+            }
             QueueError::BatchExists(id) => write!(f, "batch {id} already exists"),
             QueueError::BatchOfOtherTenant(id) => {
                 write!(f, "batch {id} belongs to another tenant")
@@ -301,6 +306,7 @@ async fn notify_queued(tx: &mut Transaction<'_, Postgres>) -> Result<()> {
 /// same statement. Returns `None` when there is nothing to lease.
 pub async fn lease(
     pool: &PgPool,
+    credential: &str,
     agent_id: &str,
     slots: &[i32],
     tenant: &str,
@@ -323,8 +329,8 @@ pub async fn lease(
              FROM candidate WHERE jobs.id = candidate.id AND jobs.state = 'queued' \
              RETURNING jobs.* \
          ), recorded AS ( \
-             INSERT INTO attempts (job_id, attempt, lease_token, agent_id) \
-             SELECT id, attempt, lease_token, $5 FROM leased \
+             INSERT INTO attempts (job_id, attempt, lease_token, agent_id, credential) \
+             SELECT id, attempt, lease_token, $5, $6 FROM leased \
          ) \
          SELECT ",
         job_columns!(),
@@ -339,6 +345,7 @@ pub async fn lease(
             .bind(token)
             .bind(ttl.as_secs_f64())
             .bind(agent_id)
+            .bind(credential)
             .fetch_optional(pool)
             .await;
         match row {
@@ -376,21 +383,26 @@ pub async fn busy_slots(
 /// Keeps a lease alive: `running -> running` with a later expiry, for the
 /// current lease token only. Returns whether an operator asked for the job to
 /// stop.
-pub async fn heartbeat(pool: &PgPool, token: Uuid, ttl: Duration) -> Result<bool> {
+pub async fn heartbeat(
+    pool: &PgPool,
+    credential: &str,
+    token: Uuid,
+    ttl: Duration,
+) -> Result<bool> {
     let kept: Option<bool> = sqlx::query_scalar(
         "UPDATE jobs SET heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => $2) \
          WHERE lease_token = $1 AND state = 'running' \
+           AND EXISTS (SELECT 1 FROM attempts a WHERE a.lease_token = $1 AND a.credential = $3) \
          RETURNING cancel_requested_at IS NOT NULL",
     )
     .bind(token)
     .bind(ttl.as_secs_f64())
+    .bind(credential)
     .fetch_optional(pool)
     .await?;
     match kept {
         Some(cancel_requested) => Ok(cancel_requested),
-        None => Err(QueueError::LeaseNotHeld(
-            why_not_held(pool, token, None).await?,
-        )),
+        None => Err(not_held(pool, credential, token, None).await?),
     }
 }
 
@@ -408,7 +420,12 @@ pub async fn heartbeat(pool: &PgPool, token: Uuid, ttl: Duration) -> Result<bool
 /// after a lost reply) succeeds and changes nothing. Any other report for a
 /// token that is not the job's current lease is refused with
 /// [`QueueError::LeaseNotHeld`]. Returns the job's state afterwards.
-pub async fn complete(pool: &PgPool, token: Uuid, report: &Report) -> Result<String> {
+pub async fn complete(
+    pool: &PgPool,
+    credential: &str,
+    token: Uuid,
+    report: &Report,
+) -> Result<String> {
     let mut tx = pool.begin().await?;
     let state: Option<String> = sqlx::query_scalar(
         concat!(
@@ -430,6 +447,8 @@ pub async fn complete(pool: &PgPool, token: Uuid, report: &Report) -> Result<Str
                      lease_token = NULL, leased_at = NULL, lease_expires_at = NULL, \
                      heartbeat_at = NULL \
                  WHERE lease_token = $1 AND state = 'running' \
+                   AND EXISTS (SELECT 1 FROM attempts a WHERE a.lease_token = $1 \
+                       AND a.credential = $8) \
                  RETURNING id, state \
              ), recorded AS ( \
                  UPDATE attempts a SET finished_at = now(), outcome = $2, exit_code = $3, \
@@ -447,6 +466,7 @@ pub async fn complete(pool: &PgPool, token: Uuid, report: &Report) -> Result<Str
     .bind(&report.error)
     .bind(&report.output_tail)
     .bind(&report.metrics)
+    .bind(credential)
     .fetch_optional(&mut *tx)
     .await?;
     match state {
@@ -462,16 +482,15 @@ pub async fn complete(pool: &PgPool, token: Uuid, report: &Report) -> Result<Str
             // Not the current lease. The same report sent again is fine.
             let recorded: Option<(Option<String>, String)> = sqlx::query_as(
                 "SELECT a.outcome, j.state FROM attempts a JOIN jobs j ON j.id = a.job_id \
-                 WHERE a.lease_token = $1",
+                 WHERE a.lease_token = $1 AND a.credential = $2",
             )
             .bind(token)
+            .bind(credential)
             .fetch_optional(pool)
             .await?;
             match recorded {
                 Some((Some(outcome), state)) if outcome == report.outcome => Ok(state),
-                _ => Err(QueueError::LeaseNotHeld(
-                    why_not_held(pool, token, Some(report.outcome)).await?,
-                )),
+                _ => Err(not_held(pool, credential, token, Some(report.outcome)).await?),
             }
         }
     }
@@ -565,18 +584,26 @@ pub struct Cancelled {
 /// jobs (their agent sees it on its next heartbeat and reports `CANCELLED`; if
 /// it never does, the reaper ends the job `cancelled` when its lease expires).
 /// `batch` selects every job of the batch `id`, otherwise the job `id`.
-/// Returns `None` when no such job or batch exists.
-pub async fn cancel(pool: &PgPool, id: Uuid, batch: bool) -> Result<Option<Cancelled>> {
+/// Returns `None` when no such job or batch exists (in `tenant`, when given).
+pub async fn cancel(
+    pool: &PgPool,
+    id: Uuid,
+    batch: bool,
+    tenant: Option<&str>,
+) -> Result<Option<Cancelled>> {
     const BY_JOB: &str = concat!(
-        "WITH sel AS (SELECT id, state FROM jobs WHERE id = $1",
+        "WITH sel AS (SELECT id, state FROM jobs \
+             WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
         cancel_rest!()
     );
     const BY_BATCH: &str = concat!(
-        "WITH sel AS (SELECT id, state FROM jobs WHERE batch_id = $1",
+        "WITH sel AS (SELECT id, state FROM jobs \
+             WHERE batch_id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
         cancel_rest!()
     );
     let rows: Vec<(String, i64)> = sqlx::query_as(if batch { BY_BATCH } else { BY_JOB })
         .bind(id)
+        .bind(tenant)
         .fetch_all(pool)
         .await?;
     let mut out = Cancelled::default();
@@ -593,47 +620,64 @@ pub async fn cancel(pool: &PgPool, id: Uuid, batch: bool) -> Result<Option<Cance
     Ok(any.then_some(out))
 }
 
-/// Explains, for an error message, why `token` is not a current lease.
-async fn why_not_held(pool: &PgPool, token: Uuid, outcome: Option<&str>) -> Result<String> {
-    let row: Option<(Uuid, i32, Option<String>, String, i32)> = sqlx::query_as(
-        "SELECT a.job_id, a.attempt, a.outcome, j.state, j.attempt FROM attempts a \
+/// The error for a `token` that is not a current lease of `credential`,
+/// explaining why.
+async fn not_held(
+    pool: &PgPool,
+    credential: &str,
+    token: Uuid,
+    outcome: Option<&str>,
+) -> Result<QueueError> {
+    let row: Option<(Uuid, i32, Option<String>, String, i32, String)> = sqlx::query_as(
+        "SELECT a.job_id, a.attempt, a.outcome, j.state, j.attempt, a.credential FROM attempts a \
          JOIN jobs j ON j.id = a.job_id WHERE a.lease_token = $1",
     )
     .bind(token)
     .fetch_optional(pool)
     .await?;
-    Ok(match row {
+    Ok(QueueError::LeaseNotHeld(match row {
+        Some((.., owner)) if owner != credential => return Ok(QueueError::LeaseOfOtherCredential),
         None => "unknown lease token".to_string(),
-        Some((job, attempt, Some(recorded), _, _)) => match outcome {
+        Some((job, attempt, Some(recorded), ..)) => match outcome {
             Some(o) if o != recorded => format!(
                 "attempt {attempt} of job {job} was already completed as {recorded}, not {o}"
             ),
             _ => format!("attempt {attempt} of job {job} is already completed ({recorded})"),
         },
-        Some((job, attempt, None, state, current)) => format!(
+        Some((job, attempt, None, state, current, _)) => format!(
             "attempt {attempt} of job {job} is no longer current (job is {state} on attempt {current})"
         ),
-    })
+    }))
 }
 
 /// Every job of a batch in position order, and every attempt of those jobs.
 /// An empty list means the batch does not exist.
-pub async fn get_batch(pool: &PgPool, batch_id: Uuid) -> Result<(Vec<JobRow>, Vec<AttemptRow>)> {
+///
+/// With `tenant`, only that tenant's jobs are seen: another tenant's batch
+/// looks like no batch at all.
+pub async fn get_batch(
+    pool: &PgPool,
+    batch_id: Uuid,
+    tenant: Option<&str>,
+) -> Result<(Vec<JobRow>, Vec<AttemptRow>)> {
     let jobs = sqlx::query_as::<_, JobRow>(concat!(
         "SELECT ",
         job_columns!(),
-        " FROM jobs WHERE batch_id = $1 ORDER BY position"
+        " FROM jobs WHERE batch_id = $1 AND ($2::text IS NULL OR tenant_id = $2) ORDER BY position"
     ))
     .bind(batch_id)
+    .bind(tenant)
     .fetch_all(pool)
     .await?;
     let attempts = sqlx::query_as::<_, AttemptRow>(
         "SELECT a.lease_token, a.job_id, a.attempt, a.agent_id, a.started_at, a.finished_at, \
              a.outcome, a.exit_code, a.duration_ms, a.error, a.output_tail, a.metrics \
          FROM attempts a JOIN jobs j ON j.id = a.job_id \
-         WHERE j.batch_id = $1 ORDER BY j.position, a.started_at",
+         WHERE j.batch_id = $1 AND ($2::text IS NULL OR j.tenant_id = $2) \
+         ORDER BY j.position, a.started_at",
     )
     .bind(batch_id)
+    .bind(tenant)
     .fetch_all(pool)
     .await?;
     Ok((jobs, attempts))

@@ -15,18 +15,53 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
+use crate::auth::{Auth, AuthInterceptor};
 use crate::service::{CoordinatorService, Timing};
 use crate::wakeup::Wakeup;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a coordinator needs to start.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub database_url: String,
     pub max_connections: u32,
     pub timing: Timing,
+    /// Who may call. [`Auth::disabled`] by default: the binary makes running
+    /// without authentication an explicit, loopback-only choice.
+    pub auth: Arc<Auth>,
+    /// Serve TLS with these PEM files; plaintext when `None`.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of the coordinator's TLS identity, and optionally the CA
+/// whose client certificates it requires (mutual TLS).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    fn server_config(&self) -> Result<tonic::transport::ServerTlsConfig, BoxError> {
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+        };
+        let identity = tonic::transport::Identity::from_pem(
+            read("--tls-cert", &self.cert)?,
+            read("--tls-key", &self.key)?,
+        );
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(
+                "--client-ca",
+                ca,
+            )?));
+        }
+        Ok(tls)
+    }
 }
 
 impl Config {
@@ -36,6 +71,8 @@ impl Config {
             database_url: database_url.into(),
             max_connections: 20,
             timing: Timing::default(),
+            auth: Arc::new(Auth::disabled()),
+            tls: None,
         }
     }
 }
@@ -45,11 +82,15 @@ pub struct Coordinator {
     listener: TcpListener,
     pool: PgPool,
     timing: Timing,
+    auth: Arc<Auth>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Coordinator {
     /// Binds the listen address, connects to PostgreSQL and applies migrations.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
+        // Bad certificate files are found before anything else starts.
+        let tls = config.tls.as_ref().map(TlsFiles::server_config).transpose()?;
         let pool = connect(&config.database_url, config.max_connections).await?;
         crate::migrate(&pool)
             .await
@@ -61,6 +102,8 @@ impl Coordinator {
             listener,
             pool,
             timing: config.timing,
+            auth: config.auth,
+            tls,
         })
     }
 
@@ -114,6 +157,12 @@ impl Coordinator {
             shutdown.clone(),
         );
 
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| format!("TLS configuration: {e}"))?;
+        }
         tracing::info!(%addr, "benchq-coordinator ready on {addr}");
         let stopping = {
             let shutdown = shutdown.clone();
@@ -126,12 +175,15 @@ impl Coordinator {
                     .await;
             }
         };
-        tonic::transport::Server::builder()
+        builder
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(CoordinatorServer::new(service))
+            .add_service(CoordinatorServer::with_interceptor(
+                service,
+                AuthInterceptor(self.auth.clone()),
+            ))
             .serve_with_incoming_shutdown(
                 // Small request/reply messages: Nagle's algorithm would hold each
                 // reply for a delayed ACK.

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Role, caller};
 use crate::queue::{self, AttemptRow, JobRow, QueueError};
 use crate::validate;
 use crate::wakeup::Wakeup;
@@ -83,6 +84,9 @@ fn status(e: QueueError) -> Status {
         QueueError::LeaseNotHeld(why) => {
             Status::failed_precondition(format!("lease not held: {why}"))
         }
+        QueueError::LeaseOfOtherCredential => Status::permission_denied(
+            "lease_token: the lease was taken by another credential",
+        ),
         QueueError::BatchExists(id) => {
             Status::already_exists(format!("job_id: batch {id} already exists"))
         }
@@ -183,7 +187,11 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<EnqueueRequest>,
     ) -> Result<Response<EnqueueResponse>, Status> {
-        let (batch, args) = validate::enqueue(request.get_ref())?;
+        let who = caller(&request)?;
+        who.require("Enqueue", &[Role::Operator])?;
+        let (batch, mut args) = validate::enqueue(request.get_ref())?;
+        let requested = request.get_ref().job.as_ref().map_or("", |j| j.tenant_id.as_str());
+        args.tenant_id = who.tenant_for("job.tenant_id", requested)?;
         let id = queue::enqueue(&self.pool, batch, &args)
             .await
             .map_err(status)?;
@@ -199,7 +207,10 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<EnqueueBatchRequest>,
     ) -> Result<Response<EnqueueBatchResponse>, Status> {
-        let (batch, args, scenarios) = validate::enqueue_batch(request.get_ref())?;
+        let who = caller(&request)?;
+        who.require("EnqueueBatch", &[Role::Operator])?;
+        let (batch, mut args, scenarios) = validate::enqueue_batch(request.get_ref())?;
+        args.tenant_id = who.tenant_for("tenant_id", &request.get_ref().tenant_id)?;
         let ids = queue::enqueue_batch(&self.pool, batch, &args, &scenarios)
             .await
             .map_err(status)?;
@@ -215,8 +226,16 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<LeaseRequest>,
     ) -> Result<Response<LeaseResponse>, Status> {
+        let who = caller(&request)?;
+        who.require("Lease", &[Role::Agent])?;
         let req = request.get_ref();
         let (agent, slots, tenant) = validate::lease(req)?;
+        // An agent's credential decides its tenant; an admin may name one, or
+        // none for every tenant.
+        let tenant = match who.role {
+            Role::Admin => tenant,
+            _ => who.tenant_for("tenant_id", &tenant)?,
+        };
         tracing::Span::current().record("agent", agent.as_str());
         let wait = Duration::from_millis(req.wait_ms.into()).min(self.timing.max_lease_wait);
         let deadline = Instant::now() + wait;
@@ -227,7 +246,14 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
             tokio::pin!(notified);
             notified.as_mut().enable();
 
-            let leased = queue::lease(&self.pool, &agent, &slots, &tenant, self.timing.lease_ttl)
+            let leased = queue::lease(
+                &self.pool,
+                &who.name,
+                &agent,
+                &slots,
+                &tenant,
+                self.timing.lease_ttl,
+            )
                 .await
                 .map_err(status)?;
             if let Some((job, token)) = leased {
@@ -284,8 +310,11 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        let who = caller(&request)?;
+        who.require("Heartbeat", &[Role::Agent])?;
         let token = validate::uuid("lease_token", &request.get_ref().lease_token)?;
-        let cancel_requested = queue::heartbeat(&self.pool, token, self.timing.lease_ttl)
+        let cancel_requested =
+            queue::heartbeat(&self.pool, &who.name, token, self.timing.lease_ttl)
             .await
             .map_err(status)?;
         Ok(Response::new(HeartbeatResponse { cancel_requested }))
@@ -296,8 +325,10 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<CompleteRequest>,
     ) -> Result<Response<CompleteResponse>, Status> {
+        let who = caller(&request)?;
+        who.require("Complete", &[Role::Agent])?;
         let (token, report) = validate::complete(request.get_ref())?;
-        let state = queue::complete(&self.pool, token, &report)
+        let state = queue::complete(&self.pool, &who.name, token, &report)
             .await
             .map_err(status)?;
         tracing::info!(%token, outcome = report.outcome, %state, "completed lease");
@@ -311,8 +342,12 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<GetBatchRequest>,
     ) -> Result<Response<GetBatchResponse>, Status> {
+        let who = caller(&request)?;
+        who.require("GetBatch", &[Role::Operator])?;
         let batch = validate::uuid("job_id", &request.get_ref().job_id)?;
-        let (jobs, attempts) = queue::get_batch(&self.pool, batch).await.map_err(status)?;
+        let (jobs, attempts) = queue::get_batch(&self.pool, batch, who.visible_tenant())
+            .await
+            .map_err(status)?;
         if jobs.is_empty() {
             return Err(Status::not_found(format!("job_id: no batch {batch}")));
         }
@@ -368,8 +403,10 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<CancelJobRequest>,
     ) -> Result<Response<CancelResponse>, Status> {
+        let who = caller(&request)?;
+        who.require("CancelJob", &[Role::Operator])?;
         let id = validate::uuid("id", &request.get_ref().id)?;
-        let done = queue::cancel(&self.pool, id, false)
+        let done = queue::cancel(&self.pool, id, false, who.visible_tenant())
             .await
             .map_err(status)?
             .ok_or_else(|| Status::not_found(format!("id: no job {id}")))?;
@@ -382,8 +419,10 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<CancelBatchRequest>,
     ) -> Result<Response<CancelResponse>, Status> {
+        let who = caller(&request)?;
+        who.require("CancelBatch", &[Role::Operator])?;
         let batch = validate::uuid("job_id", &request.get_ref().job_id)?;
-        let done = queue::cancel(&self.pool, batch, true)
+        let done = queue::cancel(&self.pool, batch, true, who.visible_tenant())
             .await
             .map_err(status)?
             .ok_or_else(|| Status::not_found(format!("job_id: no batch {batch}")))?;

@@ -31,6 +31,7 @@ fn an_unreachable_database_is_reported_not_waited_for() {
         .args([
             "--database-url",
             &format!("postgres://benchq@127.0.0.1:{port}/benchq"),
+            "--insecure-no-auth",
         ])
         .output()
         .unwrap();
@@ -48,4 +49,50 @@ fn a_bad_flag_value_names_the_flag() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--lease-ttl"), "{err}");
+}
+
+#[test]
+fn running_without_authentication_is_an_explicit_loopback_only_choice() {
+    let out = coordinator()
+        .args(["--database-url", "postgres://x/y"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--tokens") && err.contains("--insecure-no-auth"), "{err}");
+
+    let out = coordinator()
+        .args(["--database-url", "postgres://x/y", "--insecure-no-auth"])
+        .args(["--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only allowed on a loopback address"), "{err}");
+}
+
+#[test]
+fn token_add_prints_the_secret_once_and_stores_only_its_hash() {
+    let dir = std::env::temp_dir().join(format!("benchq-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tokens.json");
+    let _ = std::fs::remove_file(&file);
+    let out = coordinator()
+        .args(["token", "add", "--file", file.to_str().unwrap()])
+        .args(["--name", "fleet-a", "--role", "agent", "--tenant", "team-a"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(secret.starts_with("bq_"), "{secret}");
+    let stored = std::fs::read_to_string(&file).unwrap();
+    assert!(stored.contains("fleet-a") && !stored.contains(&secret), "{stored}");
+    let out = coordinator()
+        .args(["token", "add", "--file", file.to_str().unwrap()])
+        .args(["--name", "x", "--role", "wizard"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--role"));
+    std::fs::remove_dir_all(dir).unwrap();
 }

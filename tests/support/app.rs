@@ -248,7 +248,7 @@ pub async fn spawn_coordinator_bin_on(
 ) -> (Proc, String) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut cmd = Command::new(bin("benchq-coordinator"));
-    cmd.args(["--listen", listen, "--database-url", db_url])
+    cmd.args(["--listen", listen, "--database-url", db_url, "--insecure-no-auth"])
         .args(extra)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1");
