@@ -23,6 +23,9 @@ struct Cli {
     )]
     coordinator: String,
 
+    #[command(flatten)]
+    connect: client::ConnectArgs,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -126,28 +129,29 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> CliResult<ExitCode> {
+    let url = cli.coordinator.clone();
     match cli.command {
         Command::Enqueue(args) => {
             let request = enqueue_request(*args)?;
-            let mut c = client::connect(&cli.coordinator)
+            let mut c = client::connect(cli.connect.options(&cli.coordinator))
                 .await
                 .map_err(|e| e.to_string())?;
             let reply = c
                 .enqueue_batch(request)
                 .await
-                .map_err(|s| describe(&s))?
+                .map_err(|s| describe(&url, &s))?
                 .into_inner();
             println!("{}", reply.job_id);
         }
         Command::Status { batch_id, output } => {
-            let mut c = client::connect(&cli.coordinator)
+            let mut c = client::connect(cli.connect.options(&cli.coordinator))
                 .await
                 .map_err(|e| e.to_string())?;
-            let batch = get_batch(&mut c, &batch_id).await?;
+            let batch = get_batch(&url, &mut c, &batch_id).await?;
             show(&batch, output)?;
         }
         Command::Cancel { id } => {
-            let mut c = client::connect(&cli.coordinator)
+            let mut c = client::connect(cli.connect.options(&cli.coordinator))
                 .await
                 .map_err(|e| e.to_string())?;
             // One id space for the operator: a batch id, else a job id.
@@ -160,9 +164,9 @@ async fn run(cli: Cli) -> CliResult<ExitCode> {
                     .await
                     .map_err(|s| match s.code() {
                         tonic::Code::NotFound => format!("not found: no batch or job {id}"),
-                        _ => describe(&s),
+                        _ => describe(&url, &s),
                     })?,
-                other => other.map_err(|s| describe(&s).replace("job_id:", "id:"))?,
+                other => other.map_err(|s| describe(&url, &s).replace("job_id:", "id:"))?,
             }
             .into_inner();
             println!(
@@ -175,12 +179,12 @@ async fn run(cli: Cli) -> CliResult<ExitCode> {
             timeout,
             output,
         } => {
-            let mut c = client::connect(&cli.coordinator)
+            let mut c = client::connect(cli.connect.options(&cli.coordinator))
                 .await
                 .map_err(|e| e.to_string())?;
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
-                let batch = get_batch(&mut c, &batch_id).await?;
+                let batch = get_batch(&url, &mut c, &batch_id).await?;
                 let counts = batch.counts.unwrap_or_default();
                 if counts.queued == 0 && counts.running == 0 {
                     show(&batch, output)?;
@@ -225,7 +229,9 @@ fn enqueue_request(a: EnqueueArgs) -> CliResult<proto::EnqueueBatchRequest> {
             timeout_seconds: match a.timeout {
                 None => 0,
                 Some(t) if t.as_secs() == 0 => return Err("--timeout: must be at least 1s".into()),
-                Some(t) => u32::try_from(t.as_secs()).map_err(|_| "--timeout: too long".to_string())?,
+                Some(t) => {
+                    u32::try_from(t.as_secs()).map_err(|_| "--timeout: too long".to_string())?
+                }
             },
             ..Default::default()
         }),
@@ -253,19 +259,21 @@ fn read_scenarios(path: &PathBuf) -> CliResult<Vec<String>> {
 }
 
 async fn get_batch(
-    c: &mut proto::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+    url: &str,
+    c: &mut client::Client,
     batch_id: &str,
 ) -> CliResult<proto::GetBatchResponse> {
     Ok(c.get_batch(proto::GetBatchRequest {
         job_id: batch_id.to_string(),
+        omit_output: true,
     })
     .await
-    .map_err(|s| describe(&s))?
+    .map_err(|s| describe(url, &s))?
     .into_inner())
 }
 
 /// One line a person can act on, for a status the coordinator returned.
-fn describe(s: &tonic::Status) -> String {
+fn describe(url: &str, s: &tonic::Status) -> String {
     use tonic::Code;
     let what = match s.code() {
         Code::InvalidArgument => "invalid argument",
@@ -277,7 +285,7 @@ fn describe(s: &tonic::Status) -> String {
         Code::PermissionDenied => "permission denied",
         _ => "error",
     };
-    let mut msg = s.message().to_string();
+    let mut msg = client::explain_status(url, s);
     if msg.is_empty() {
         msg = source_chain(s);
     }

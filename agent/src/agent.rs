@@ -14,24 +14,33 @@
 //!
 //! The coordinator may come and go (deploys, failovers): every call is
 //! retried with backoff, and the agent logs an outage once rather than once
-//! per retry.
+//! per retry. Only an interrupted shutdown bounds that: an operator who asked
+//! the agent to stop now gets it to stop within the jobs' grace period plus
+//! [`AgentConfig::interrupt_report_timeout`], reachable coordinator or not.
+//!
+//! Every stop of a running job goes through one [`Stop`]: whoever stops it
+//! (the heartbeat task on a cancel request or a lost lease, the job's timer,
+//! the shutdown) records why, then cancels the runner; the reported outcome
+//! follows from the reason (see [`crate::stop`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use benchq::client::{ConnectError, connect_lazy};
-use benchq::proto::coordinator_client::CoordinatorClient;
-use benchq::proto::{CompleteRequest, HeartbeatRequest, Lease, LeaseRequest, Outcome};
+use benchq::client::{Client, ConnectArgs, ConnectError, connect_lazy};
+use benchq::proto::{
+    BusySlot, CompleteRequest, HeartbeatRequest, JobSpec, Lease, LeaseRequest, Outcome,
+};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::job::LeasedJob;
 use crate::runner::{RunResult, Runner};
+use crate::shutdown::Shutdown;
+use crate::stop::{Stop, StopReason, settle};
 use crate::tail::{OUTPUT_TAIL_MAX, truncate_front};
 
 /// How much longer than the long-poll wait a Lease call may take before the
@@ -48,11 +57,16 @@ const COMPLETE_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The heartbeat period when a lease names neither interval nor TTL.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 
+/// A job's timeout when its spec says 0 (the coordinator's default too).
+pub(crate) const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// What an agent serves and how.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The coordinator's URL (`http://host:port`, or `host:port`).
+    /// The coordinator's URL (`http://`/`https://host:port`, or `host:port`).
     pub coordinator: String,
+    /// Token and TLS settings for reaching it.
+    pub connection: ConnectArgs,
     /// Who this agent is in job records; see [`default_agent_id`].
     pub agent_id: String,
     /// The namespace slots this agent owns: one worker, one job at a time, each.
@@ -64,11 +78,19 @@ pub struct AgentConfig {
     /// How long to keep retrying a Complete that cannot get through before
     /// giving up on that result (the lease then expires and the job is retried).
     pub report_timeout: Duration,
+    /// How long a drain may last before the running jobs are interrupted;
+    /// `None` waits for them however long they take.
+    pub drain_timeout: Option<Duration>,
+    /// Once interrupted, how long each result may still take to get through
+    /// before it is given up on (logged, and left to the lease's expiry), so
+    /// that an interrupted agent exits even when the coordinator is gone.
+    pub interrupt_report_timeout: Duration,
 }
 
 impl AgentConfig {
     /// A configuration with the defaults: any tenant, 30 s lease wait, results
-    /// retried for 10 minutes.
+    /// retried for 10 minutes (10 seconds once interrupted), drains without
+    /// a time limit.
     pub fn new(
         coordinator: impl Into<String>,
         agent_id: impl Into<String>,
@@ -76,11 +98,14 @@ impl AgentConfig {
     ) -> Self {
         AgentConfig {
             coordinator: coordinator.into(),
+            connection: ConnectArgs::default(),
             agent_id: agent_id.into(),
             slots,
             tenant_id: String::new(),
             lease_wait: Duration::from_secs(30),
             report_timeout: Duration::from_secs(600),
+            drain_timeout: None,
+            interrupt_report_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -142,7 +167,7 @@ impl From<ConnectError> for AgentError {
 /// An agent: workers for its slots, sharing one connection and one runner.
 pub struct Agent {
     config: AgentConfig,
-    client: CoordinatorClient<Channel>,
+    client: Client,
     runner: Arc<dyn Runner>,
     /// Set while the coordinator is unreachable, so an outage is logged once
     /// by whichever worker notices first, and its end once.
@@ -170,7 +195,7 @@ impl Agent {
         if let Some(slot) = config.slots.iter().find(|s| **s < 0) {
             return Err(AgentError::Config(format!("slot {slot} is negative")));
         }
-        let client = connect_lazy(&config.coordinator)?;
+        let client = connect_lazy(config.connection.options(&config.coordinator))?;
         Ok(Agent {
             config,
             client,
@@ -184,18 +209,29 @@ impl Agent {
         &self.config
     }
 
-    /// Serves every slot until `shutdown` is cancelled, then drains: no new
-    /// leases (a pending long poll is abandoned), running jobs run to their
-    /// end and are reported. Returns once every slot is idle.
+    /// Serves every slot until `shutdown` says to stop (see [`Shutdown`]);
+    /// a plain `CancellationToken` converts into a drain-only `Shutdown`.
+    ///
+    /// On a drain: no new leases (a pending long poll is abandoned), running
+    /// jobs run to their end and are reported. On an interrupt (asked for, or
+    /// [`AgentConfig::drain_timeout`] passed): running jobs are stopped as a
+    /// cancelled job is and reported `INTERRUPTED`, each report given up after
+    /// [`AgentConfig::interrupt_report_timeout`]. Returns once every slot is idle.
     ///
     /// A job leased by a long poll abandoned at that instant is not lost: its
     /// lease expires unheartbeated and the coordinator hands it out again.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: impl Into<Shutdown>) {
+        let shutdown = shutdown.into();
         info!(
             "agent {} serving slots {:?} of {}",
             self.config.agent_id, self.config.slots, self.config.coordinator
         );
         let agent = Arc::new(self);
+        let control = tokio::spawn(control_shutdown(
+            shutdown.clone(),
+            agent.config.drain_timeout,
+        ));
+        let _stop_control = AbortOnDrop(control.abort_handle());
         let mut workers = JoinSet::new();
         for &slot in &agent.config.slots {
             workers.spawn(agent.clone().serve_slot(slot, shutdown.clone()));
@@ -212,11 +248,12 @@ impl Agent {
     }
 
     /// One slot's worker: lease, run, report, until shutdown.
-    async fn serve_slot(self: Arc<Self>, slot: i32, shutdown: CancellationToken) {
+    async fn serve_slot(self: Arc<Self>, slot: i32, shutdown: Shutdown) {
         let mut client = self.client.clone();
         let mut backoff = Backoff::default();
+        let mut busy = BusyWarnings::default();
         let wait_ms = u32::try_from(self.config.lease_wait.as_millis()).unwrap_or(u32::MAX);
-        while !shutdown.is_cancelled() {
+        while !shutdown.is_draining() {
             let request = LeaseRequest {
                 agent_id: self.config.agent_id.clone(),
                 slots: vec![slot],
@@ -227,19 +264,26 @@ impl Agent {
             let call = with_timeout(self.config.lease_wait + LEASE_SLACK, client.lease(request));
             let reply = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.draining() => break,
                 reply = call => reply,
             };
             let delay = match reply {
                 Ok(reply) => {
                     backoff.reset();
                     self.reachable();
-                    match reply.into_inner().lease {
+                    let reply = reply.into_inner();
+                    match reply.lease {
                         Some(lease) => {
-                            self.run_lease(&mut client, slot, lease).await;
+                            busy.clear();
+                            self.run_lease(&mut client, slot, lease, &shutdown).await;
                             continue;
                         }
-                        None => MIN_POLL_INTERVAL.saturating_sub(asked.elapsed()),
+                        None => {
+                            for warning in busy.update(&reply.busy_slots) {
+                                warn!("{warning}");
+                            }
+                            MIN_POLL_INTERVAL.saturating_sub(asked.elapsed())
+                        }
                     }
                 }
                 Err(status) => {
@@ -248,15 +292,16 @@ impl Agent {
                 }
             };
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.draining() => break,
                 _ = tokio::time::sleep(delay) => {}
             }
         }
         debug!("slot {slot}: no longer taking leases");
     }
 
-    /// Runs one leased job to its end and reports it (unless the lease was lost).
-    async fn run_lease(&self, client: &mut CoordinatorClient<Channel>, slot: i32, lease: Lease) {
+    /// Runs one leased job to its end (or until it is stopped) and reports
+    /// it, unless the lease was lost.
+    async fn run_lease(&self, client: &mut Client, slot: i32, lease: Lease, shutdown: &Shutdown) {
         let job = LeasedJob::from(&lease);
         info!(
             "leased job {} scenario {} attempt {} on slot {} namespace {}",
@@ -266,16 +311,15 @@ impl Agent {
             slot,
             job.namespace_display()
         );
-        let cancel = CancellationToken::new();
-        let lost = Arc::new(AtomicBool::new(false));
+        let timeout = job_timeout(&job.spec);
+        let stop = Arc::new(Stop::default());
         let stop_heartbeat = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat(
             client.clone(),
             lease.lease_token.clone(),
             heartbeat_interval(&lease),
             job.id.clone(),
-            cancel.clone(),
-            lost.clone(),
+            stop.clone(),
             stop_heartbeat.clone(),
         ));
         let _stop_heartbeat_on_drop = stop_heartbeat.clone().drop_guard();
@@ -283,14 +327,36 @@ impl Agent {
         // The runner gets a task of its own: a panic in it becomes an ERROR
         // result instead of taking the slot's worker down with it.
         let started = Instant::now();
-        let run = tokio::spawn({
+        let mut run = tokio::spawn({
             let runner = self.runner.clone();
             let job = job.clone();
-            let cancel = cancel.clone();
+            let cancel = stop.token();
             async move { runner.run(job, cancel).await }
         });
         let _abort_run_on_drop = AbortOnDrop(run.abort_handle());
-        let mut result = match run.await {
+        let time_is_up = tokio::time::sleep(timeout);
+        tokio::pin!(time_is_up);
+        let (mut timed_out, mut interrupted) = (false, false);
+        let joined = loop {
+            tokio::select! {
+                joined = &mut run => break joined,
+                _ = &mut time_is_up, if !timed_out => {
+                    timed_out = true;
+                    if stop.request(StopReason::Timeout(timeout)) {
+                        warn!("job {}: ran longer than its {}s timeout; stopping it", job.id, timeout.as_secs());
+                    }
+                }
+                _ = shutdown.interrupted(), if !interrupted => {
+                    interrupted = true;
+                    if stop.request(StopReason::Interrupted) {
+                        info!("job {}: interrupted; stopping it", job.id);
+                    }
+                }
+            }
+        };
+        // Read as the run returns: a stop asked for later found nothing to stop.
+        let stopped = stop.reason();
+        let mut result = match joined {
             Ok(result) => result,
             Err(e) => RunResult::error(format!("runner failed: {}", join_error_text(e))),
         };
@@ -300,14 +366,38 @@ impl Agent {
         if result.duration.is_zero() {
             result.duration = started.elapsed();
         }
-        if result.outcome == Outcome::Unspecified {
-            result.outcome = Outcome::Error;
-            if result.error.is_empty() {
-                result.error = "the runner returned no outcome".into();
+        match result.outcome {
+            Outcome::Unspecified => {
+                result.outcome = Outcome::Error;
+                if result.error.is_empty() {
+                    result.error = "the runner returned no outcome".into();
+                }
             }
+            Outcome::Reclaimed => {
+                result.outcome = Outcome::Error;
+                let said = std::mem::take(&mut result.error);
+                result.error = format!(
+                    "the runner returned RECLAIMED, which only the coordinator records{}{said}",
+                    if said.is_empty() { "" } else { ": " },
+                );
+            }
+            _ => {}
         }
         result.output_tail =
             truncate_front(std::mem::take(&mut result.output_tail), OUTPUT_TAIL_MAX);
+        let how = match stopped.filter(|_| !result.finished_on_its_own) {
+            Some(reason) => format!("stopped ({})", reason.describe()),
+            None => "finished".to_string(),
+        };
+        // A lease lost after the run returned also means: report nothing.
+        let lease_lost = stop.reason() == Some(StopReason::LeaseLost);
+        let Some(result) = settle(result, stopped).filter(|_| !lease_lost) else {
+            warn!(
+                "job {} scenario {} {how}: result not reported: lease lost",
+                job.id, job.spec.scenario_id
+            );
+            return;
+        };
         let exit = match result.exit_code {
             Some(code) => format!("exit code {code}"),
             None => "no exit code".to_string(),
@@ -318,54 +408,74 @@ impl Agent {
             format!(": {}", result.error)
         };
         info!(
-            "job {} scenario {} finished: {} ({exit}, {:.1?}){error}",
+            "job {} scenario {} {how}: {} ({exit}, {:.1?}){error}",
             job.id,
             job.spec.scenario_id,
             result.outcome.name(),
             result.duration
         );
-        if lost.load(Ordering::SeqCst) {
-            warn!("job {}: result not reported: lease lost", job.id);
-            return;
-        }
-        self.report(client, &lease.lease_token, &job, result).await;
+        self.report(client, &lease.lease_token, &job, result, shutdown)
+            .await;
     }
 
     /// Sends the result, retrying through coordinator outages: Complete is
     /// idempotent per lease token, so a retry after a lost reply is harmless.
+    ///
+    /// Gives up after [`AgentConfig::report_timeout`], or, once the agent is
+    /// interrupted, [`AgentConfig::interrupt_report_timeout`] after noticing
+    /// it (the lease then expires on the coordinator, which retries the job).
     async fn report(
         &self,
-        client: &mut CoordinatorClient<Channel>,
+        client: &mut Client,
         lease_token: &str,
         job: &LeasedJob,
         result: RunResult,
+        shutdown: &Shutdown,
     ) {
+        let outcome = result.outcome;
         let request = CompleteRequest {
             lease_token: lease_token.to_string(),
-            outcome: result.outcome as i32,
+            outcome: outcome as i32,
             exit_code: result.exit_code,
             duration_ms: u64::try_from(result.duration.as_millis()).unwrap_or(u64::MAX),
             error: result.error,
             output_tail: result.output_tail,
             metrics_json: result.metrics_json.unwrap_or_default(),
         };
-        let give_up = Instant::now() + self.config.report_timeout;
+        let began = Instant::now();
+        let mut give_up = began + self.config.report_timeout;
+        let mut hurried = false;
         let mut backoff = Backoff::default();
         let mut retrying = false;
         loop {
-            let status =
-                match with_timeout(COMPLETE_CALL_TIMEOUT, client.complete(request.clone())).await {
-                    Ok(reply) => {
-                        let state = benchq::proto::JobState::try_from(reply.into_inner().state)
-                            .unwrap_or_default();
-                        if retrying {
-                            info!("job {}: result reported after retries", job.id);
-                        }
-                        debug!("job {}: reported; now {}", job.id, state.name());
-                        return;
+            if !hurried && shutdown.is_interrupted() {
+                hurried = true;
+                give_up = give_up.min(Instant::now() + self.config.interrupt_report_timeout);
+            }
+            let left = give_up.saturating_duration_since(Instant::now());
+            let call = with_timeout(
+                COMPLETE_CALL_TIMEOUT
+                    .min(left)
+                    .max(Duration::from_millis(1)),
+                client.complete(request.clone()),
+            );
+            let reply = tokio::select! {
+                reply = call => reply,
+                // Interrupted while a call hangs: start again, with the shorter limit.
+                _ = shutdown.interrupted(), if !hurried => continue,
+            };
+            let status = match reply {
+                Ok(reply) => {
+                    let state = benchq::proto::JobState::try_from(reply.into_inner().state)
+                        .unwrap_or_default();
+                    if retrying {
+                        info!("job {}: result reported after retries", job.id);
                     }
-                    Err(status) => status,
-                };
+                    debug!("job {}: reported; now {}", job.id, state.name());
+                    return;
+                }
+                Err(status) => status,
+            };
             match status.code() {
                 Code::FailedPrecondition => {
                     warn!(
@@ -395,9 +505,11 @@ impl Agent {
             }
             if Instant::now() >= give_up {
                 error!(
-                    "job {}: giving up reporting the result after {:?}: {}",
+                    "job {}: giving up reporting {} after {:.1?}{}: {}; the coordinator will take the lease back when it expires",
                     job.id,
-                    self.config.report_timeout,
+                    outcome.name(),
+                    began.elapsed(),
+                    if hurried { " (interrupted)" } else { "" },
                     status_text(&status)
                 );
                 return;
@@ -410,7 +522,13 @@ impl Agent {
                 );
                 retrying = true;
             }
-            tokio::time::sleep(backoff.next_delay()).await;
+            let pause = backoff
+                .next_delay()
+                .min(give_up.saturating_duration_since(Instant::now()));
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.interrupted(), if !hurried => {}
+            }
         }
     }
 
@@ -435,32 +553,33 @@ impl Agent {
     }
 }
 
-/// Keeps a lease alive until `stop`. A FAILED_PRECONDITION reply means the
-/// lease is gone: the run is cancelled and `lost` set so its result is not
-/// reported. Any other failure is retried at the next tick: the lease lives
-/// for a few intervals, and a coordinator that is back in time still has it.
+/// Keeps a lease alive until `done`. A cancel request in a reply stops the
+/// job (reason: cancelled), and heartbeats go on while it stops. A
+/// FAILED_PRECONDITION reply means the lease is gone: the job is stopped
+/// (reason: lease lost, so nothing is reported). Any other failure is
+/// retried at the next tick: the lease lives for a few intervals, and a
+/// coordinator that is back in time still has it.
 async fn heartbeat(
-    mut client: CoordinatorClient<Channel>,
+    mut client: Client,
     lease_token: String,
     every: Duration,
     job_id: String,
-    cancel_run: CancellationToken,
-    lost: Arc<AtomicBool>,
-    stop: CancellationToken,
+    stop: Arc<Stop>,
+    done: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = done.cancelled() => return,
             _ = ticks.tick() => {}
         }
         let request = HeartbeatRequest {
             lease_token: lease_token.clone(),
         };
         let reply = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = done.cancelled() => return,
             reply = with_timeout(every, client.heartbeat(request)) => reply,
         };
         match reply {
@@ -469,9 +588,8 @@ async fn heartbeat(
                     info!("job {job_id}: heartbeats get through again");
                     failing = false;
                 }
-                if reply.into_inner().cancel_requested && !cancel_run.is_cancelled() {
+                if reply.into_inner().cancel_requested && stop.request(StopReason::Cancelled) {
                     info!("job {job_id}: cancel requested; stopping it");
-                    cancel_run.cancel();
                 }
             }
             Err(status) if status.code() == Code::FailedPrecondition => {
@@ -479,8 +597,7 @@ async fn heartbeat(
                     "job {job_id}: lease lost ({}); stopping it",
                     status.message()
                 );
-                lost.store(true, Ordering::SeqCst);
-                cancel_run.cancel();
+                stop.request(StopReason::LeaseLost);
                 return;
             }
             Err(status) => {
@@ -498,6 +615,76 @@ async fn heartbeat(
                 }
             }
         }
+    }
+}
+
+/// Turns a drain into an interrupt once `drain_timeout` has passed, and makes
+/// sure an interrupt also drains (for `Shutdown::from_tokens` users who
+/// cancel only the interrupt token).
+async fn control_shutdown(shutdown: Shutdown, drain_timeout: Option<Duration>) {
+    shutdown.draining().await;
+    shutdown.drain.cancel();
+    let Some(limit) = drain_timeout else { return };
+    tokio::select! {
+        _ = shutdown.interrupted() => {}
+        _ = tokio::time::sleep(limit) => {
+            warn!("drain timeout: jobs still running {limit:?} after shutdown began; interrupting them");
+            shutdown.interrupt();
+        }
+    }
+}
+
+/// How long a job may run: its `timeout_seconds`, or an hour when 0.
+pub(crate) fn job_timeout(spec: &JobSpec) -> Duration {
+    match spec.timeout_seconds {
+        0 => DEFAULT_JOB_TIMEOUT,
+        seconds => Duration::from_secs(seconds.into()),
+    }
+}
+
+/// The busy-slot reports one slot's worker has warned about, so that each
+/// (slot, tenant, holder, job) is warned about once rather than at every poll.
+#[derive(Debug, Default)]
+pub(crate) struct BusyWarnings {
+    seen: Vec<(i32, String, String, String)>,
+}
+
+impl BusyWarnings {
+    /// Takes the busy slots of a reply with no lease; returns the warnings to
+    /// log: one per slot whose holder or job is not one warned about last time.
+    pub(crate) fn update(&mut self, busy: &[BusySlot]) -> Vec<String> {
+        let now: Vec<_> = busy
+            .iter()
+            .map(|b| {
+                (
+                    b.slot,
+                    b.tenant_id.clone(),
+                    b.agent_id.clone(),
+                    b.id.clone(),
+                )
+            })
+            .collect();
+        let warnings = now
+            .iter()
+            .filter(|key| !self.seen.contains(key))
+            .map(|(slot, tenant, agent, id)| {
+                let tenant = if tenant.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (tenant {tenant})")
+                };
+                format!(
+                    "slot {slot} is busy: job {id}{tenant} is running there on agent {agent} \u{2014} is another agent serving slot {slot}?"
+                )
+            })
+            .collect();
+        self.seen = now;
+        warnings
+    }
+
+    /// The slot was leased: whatever held it is gone.
+    pub(crate) fn clear(&mut self) {
+        self.seen.clear();
     }
 }
 

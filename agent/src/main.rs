@@ -1,6 +1,11 @@
 //! `benchq-agent`: serves namespace slots for a benchq coordinator, running
 //! each leased job as `PROGRAM ARGS…` (see `ProcessRunner` for the contract
 //! with the program).
+//!
+//! Stopping it: the first SIGTERM or Ctrl-C drains (no new jobs; running
+//! jobs finish and are reported; exit 0). The second, or `--drain-timeout`
+//! passing, interrupts: running jobs are stopped (SIGTERM, `--grace`, SIGKILL)
+//! and reported INTERRUPTED, then the agent exits 0. A third exits at once.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -8,7 +13,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use benchq_agent::{Agent, AgentConfig, ProcessRunner, default_agent_id, parse_duration};
+use benchq_agent::{
+    Agent, AgentConfig, ProcessRunner, Shutdown, become_subreaper, default_agent_id, parse_duration,
+};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -22,6 +29,9 @@ struct Cli {
     /// The coordinator's URL (http://host:port or host:port).
     #[arg(long, env = "BENCHQ_COORDINATOR", value_name = "URL")]
     coordinator: String,
+
+    #[command(flatten)]
+    connection: benchq::client::ConnectArgs,
 
     /// A namespace slot this agent serves, one job at a time; repeat for more.
     #[arg(long = "slot", value_name = "N", required = true,
@@ -45,9 +55,15 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     lease_wait: Duration,
 
-    /// How long a cancelled job gets between SIGTERM and SIGKILL.
+    /// How long a stopped job (cancelled, timed out, interrupted) gets
+    /// between SIGTERM and SIGKILL.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     grace: Duration,
+
+    /// After the first SIGTERM, how long running jobs may take to finish
+    /// before they are interrupted (as by a second SIGTERM) [default: no limit].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    drain_timeout: Option<Duration>,
 
     /// Where per-job directories (job.json, result.json) are made [default: the system temp dir].
     #[arg(long, value_name = "DIR")]
@@ -58,8 +74,16 @@ struct Cli {
     command: Vec<OsString>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Time allowed on top of the grace period and the interrupt report time for
+/// an interrupted agent to stop before it exits regardless: pipes to drain,
+/// a heartbeat to finish, SIGKILLed processes to die.
+const STOP_SLACK: Duration = Duration::from_secs(5);
+
+/// How long exiting waits for blocking work (a DNS lookup of a coordinator
+/// that is gone can take tens of seconds) before leaving it behind.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(500);
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -68,7 +92,27 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(serve(cli));
+    // Not `drop(runtime)`, which waits for every blocking task to end.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    code
+}
 
+async fn serve(cli: Cli) -> ExitCode {
+    // First: an orphan of a job must find us its parent from the start.
+    if let Err(e) = become_subreaper() {
+        warn!("cannot become a child subreaper ({e}): processes orphaned inside jobs go to init");
+    }
     let agent_id = cli.agent_id.unwrap_or_else(default_agent_id);
     let (program, args) = cli
         .command
@@ -83,7 +127,10 @@ async fn main() -> ExitCode {
     }
     let mut config = AgentConfig::new(cli.coordinator, agent_id, cli.slots);
     config.tenant_id = cli.tenant.unwrap_or_default();
+    config.connection = cli.connection;
     config.lease_wait = cli.lease_wait;
+    config.drain_timeout = cli.drain_timeout;
+    let stop_limit = cli.grace + config.interrupt_report_timeout + STOP_SLACK;
     let agent = match Agent::new(config, Arc::new(runner)) {
         Ok(agent) => agent,
         Err(e) => {
@@ -92,26 +139,38 @@ async fn main() -> ExitCode {
         }
     };
 
-    let shutdown = CancellationToken::new();
-    let forced = CancellationToken::new();
-    watch_signals(shutdown.clone(), forced.clone());
+    let shutdown = Shutdown::new();
+    let exit_now = CancellationToken::new();
+    watch_signals(shutdown.clone(), exit_now.clone());
+    // Stopping a job is bounded (grace, then SIGKILL) and so is reporting it
+    // once interrupted; this is the net under both.
+    let overdue = async {
+        shutdown.interrupted().await;
+        tokio::time::sleep(stop_limit).await;
+    };
+    // Returning early drops every worker: the runners' guards kill the jobs'
+    // process groups on the way out.
     tokio::select! {
-        _ = agent.run(shutdown) => ExitCode::SUCCESS,
-        _ = forced.cancelled() => {
-            // Returning drops every worker: the runners' guards kill the jobs'
-            // process groups on the way out.
-            warn!("second signal: abandoning running jobs");
+        _ = agent.run(shutdown.clone()) => ExitCode::SUCCESS,
+        _ = exit_now.cancelled() => {
+            warn!("third signal: exiting now; running jobs are killed and not reported");
             ExitCode::from(130)
+        }
+        _ = overdue => {
+            error!("still not stopped {stop_limit:?} after the interrupt; exiting: running jobs are killed and not reported");
+            ExitCode::FAILURE
         }
     }
 }
 
-/// The first SIGTERM or Ctrl-C drains (no new leases, running jobs finish and
-/// are reported); a second one abandons the running jobs.
+/// The first SIGTERM or Ctrl-C drains; the next one interrupts (unless the
+/// drain timeout already did); the one after exits at once.
 ///
 /// The handlers are installed before this returns, i.e. before any work
-/// starts: a signal arriving before them would kill the agent outright.
-fn watch_signals(shutdown: CancellationToken, forced: CancellationToken) {
+/// starts: a signal arriving before them would kill the agent outright. They
+/// stay installed for the life of the process: once tokio handles a signal,
+/// a dropped listener would make the process ignore it.
+fn watch_signals(shutdown: Shutdown, exit_now: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
@@ -124,7 +183,6 @@ fn watch_signals(shutdown: CancellationToken, forced: CancellationToken) {
         }
     };
     tokio::spawn(async move {
-        let mut signals = 0;
         loop {
             let got = tokio::select! {
                 got = term.recv() => got,
@@ -133,15 +191,18 @@ fn watch_signals(shutdown: CancellationToken, forced: CancellationToken) {
             if got.is_none() {
                 return;
             }
-            signals += 1;
-            if signals == 1 {
+            if !shutdown.is_draining() {
                 info!(
-                    "shutting down: no new jobs; waiting for running jobs to finish and be reported (signal again to abandon them)"
+                    "shutting down: no new jobs; waiting for running jobs to finish and be reported (signal again to interrupt them)"
                 );
-                shutdown.cancel();
+                shutdown.drain();
+            } else if !shutdown.is_interrupted() {
+                info!(
+                    "interrupting: stopping running jobs and reporting them INTERRUPTED (signal again to exit at once)"
+                );
+                shutdown.interrupt();
             } else {
-                forced.cancel();
-                return;
+                exit_now.cancel();
             }
         }
     });
@@ -175,6 +236,7 @@ mod tests {
         assert_eq!(cli.failure_exit_codes, vec![1]);
         assert_eq!(cli.lease_wait, Duration::from_secs(30));
         assert_eq!(cli.grace, Duration::from_secs(10));
+        assert_eq!(cli.drain_timeout, None);
         assert_eq!(cli.agent_id, None);
         assert_eq!(cli.tenant, None);
         assert_eq!(cli.work_dir, None);
@@ -190,6 +252,7 @@ mod tests {
             "--failure-exit-code=3",
             "--lease-wait=500ms",
             "--grace=1m",
+            "--drain-timeout=5m",
             "--work-dir=/var/benchq",
             "--",
             "prog",
@@ -198,6 +261,7 @@ mod tests {
         assert_eq!(cli.failure_exit_codes, vec![2, 3]);
         assert_eq!(cli.lease_wait, Duration::from_millis(500));
         assert_eq!(cli.grace, Duration::from_secs(60));
+        assert_eq!(cli.drain_timeout, Some(Duration::from_secs(300)));
         assert_eq!(cli.agent_id.as_deref(), Some("a1"));
         assert_eq!(cli.tenant.as_deref(), Some("acme"));
         assert_eq!(cli.work_dir, Some(PathBuf::from("/var/benchq")));

@@ -14,7 +14,12 @@
 //! Each child leads its own process group, so that stopping a job stops
 //! everything it started (a harness typically spawns the agent under test,
 //! which spawns tools, …): signals go to the whole group, and the group is
-//! killed once the child is gone, whatever happened.
+//! killed once the child is gone, whatever happened — even when what happened
+//! is the agent's own death (see [`crate::children`]).
+//!
+//! The runner only stops a job when asked to (its cancel token); *why* it was
+//! asked (an operator's cancel, a timeout, a shutdown, a lost lease) and what
+//! that means for the reported outcome is the agent loop's business.
 
 use std::ffi::OsString;
 use std::io;
@@ -26,11 +31,12 @@ use std::time::{Duration, Instant};
 
 use benchq::proto::Outcome;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::children::{self, OwnedChild, group_alive, kill_group};
 use crate::job::LeasedJob;
 use crate::runner::{BoxFuture, RunResult, Runner};
 use crate::tail::Tail;
@@ -74,7 +80,7 @@ pub struct ProcessRunner {
 }
 
 impl ProcessRunner {
-    /// How long a cancelled job gets between SIGTERM and SIGKILL unless told otherwise.
+    /// How long a stopped job gets between SIGTERM and SIGKILL unless told otherwise.
     pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
     /// A runner for `program args…`, with the defaults: failure exit code 1,
@@ -115,7 +121,7 @@ impl ProcessRunner {
         self
     }
 
-    /// How long a cancelled job's process group gets to exit after SIGTERM
+    /// How long a stopped job's process group gets to exit after SIGTERM
     /// before it is killed.
     pub fn with_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
@@ -174,7 +180,8 @@ impl ProcessRunner {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = match command.spawn() {
+        children::die_with_agent(&mut command);
+        let mut child = match children::spawn(command).await {
             Ok(child) => child,
             Err(e) => {
                 return RunResult::error(format!(
@@ -187,17 +194,31 @@ impl ProcessRunner {
         let pgid = child.id().and_then(|pid| i32::try_from(pid).ok());
         cleanup.pgid = pgid;
         debug!(job = %job.id, pid = ?pgid, "started {program}");
+        // Declared after `cleanup`, so dropped before it: on a forced drop the
+        // guard is killed quietly and `cleanup` kills the group.
+        let guard = match pgid {
+            Some(pgid) => match children::spawn_guard(pgid).await {
+                Ok(guard) => Some(guard),
+                Err(e) => {
+                    warn!(job = %job.id, "could not start the guard of process group {pgid} ({}): its processes would outlive a killed agent", io_error_text(&e));
+                    None
+                }
+            },
+            None => None,
+        };
 
         let tail = Arc::new(Mutex::new(Tail::default()));
         let mut pipes = JoinSet::new();
-        if let Some(out) = child.stdout.take() {
+        if let Some(out) = child.child_mut().stdout.take() {
             pipes.spawn(pump(out, "stdout", job.id.clone(), tail.clone()));
         }
-        if let Some(err) = child.stderr.take() {
+        if let Some(err) = child.child_mut().stderr.take() {
             pipes.spawn(pump(err, "stderr", job.id.clone(), tail.clone()));
         }
 
-        let (status, cancelled) = tokio::select! {
+        // Biased: a child that exited just as the cancel came finished on its own.
+        let (status, stopped) = tokio::select! {
+            biased;
             status = child.wait() => (status, false),
             _ = cancel.cancelled() => (self.stop(&mut child, pgid, &job.id).await, true),
         };
@@ -213,23 +234,18 @@ impl ProcessRunner {
             warn!(job = %job.id, "output pipes still open after the process group was killed (a process left the group?); ignoring the rest of its output");
             pipes.abort_all();
         }
+        if let Some(guard) = guard {
+            children::stop_guard(guard).await;
+        }
         let output_tail = tail.lock().unwrap_or_else(|p| p.into_inner()).to_text();
 
         let mut result = match status {
             Ok(status) => classify(status, &self.failure_exit_codes),
             Err(e) => RunResult::error(format!("waiting for {program}: {e}")),
         };
-        if cancelled {
-            let what = match result.outcome {
-                Outcome::Passed | Outcome::Failed => match result.exit_code {
-                    Some(code) => format!("exit code {code}"),
-                    None => "exited".to_string(),
-                },
-                _ => std::mem::take(&mut result.error),
-            };
-            result.outcome = Outcome::Error;
-            result.error = format!("cancelled: {what}");
-        }
+        // How a stopped child exited (SIGTERM handled with exit 0, say) is
+        // no verdict on the scenario: the agent reports the stop's outcome.
+        result.finished_on_its_own = !stopped;
         result.output_tail = output_tail;
 
         match read_metrics(&result_file).await {
@@ -251,18 +267,18 @@ impl ProcessRunner {
         result
     }
 
-    /// Stops a cancelled job: SIGTERM to the group, up to `grace` for the
+    /// Stops a job whose cancel token fired: SIGTERM to the group, up to `grace` for the
     /// whole group to exit, then SIGKILL. Returns the child's exit status.
     async fn stop(
         &self,
-        child: &mut Child,
+        child: &mut OwnedChild,
         pgid: Option<i32>,
         job_id: &str,
     ) -> io::Result<ExitStatus> {
         let Some(pgid) = pgid else {
             return child.wait().await;
         };
-        debug!(job = %job_id, pgid, "cancelled: sending SIGTERM to the process group");
+        debug!(job = %job_id, pgid, "stopping: sending SIGTERM to the process group");
         kill_group(pgid, libc::SIGTERM);
         let deadline = tokio::time::Instant::now() + self.grace;
         let status = match tokio::time::timeout_at(deadline, child.wait()).await {
@@ -274,7 +290,8 @@ impl ProcessRunner {
             }
         };
         // The leader is gone; give the rest of its group what is left of the
-        // grace period to finish cleaning up, as promised.
+        // grace period to finish cleaning up, as promised. Dead processes
+        // not yet reaped (zombies) do not count: they need no time.
         while group_alive(pgid) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(GROUP_POLL).await;
         }
@@ -318,28 +335,6 @@ impl Drop for Cleanup {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
-}
-
-/// Sends `signal` to every process in group `pgid`.
-fn kill_group(pgid: i32, signal: libc::c_int) {
-    // Never 0 (our own group), 1 (kill(-1) signals every process we may signal).
-    if pgid <= 1 {
-        return;
-    }
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    unsafe {
-        libc::kill(-pgid, signal);
-    }
-}
-
-/// Whether any process is left in group `pgid`.
-fn group_alive(pgid: i32) -> bool {
-    if pgid <= 1 {
-        return false;
-    }
-    // SAFETY: as in `kill_group`; signal 0 only checks for existence.
-    let rc = unsafe { libc::kill(-pgid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Reads one output pipe to its end: every line goes to the shared tail and
@@ -525,6 +520,17 @@ mod tests {
                 && let Ok(pid) = text.trim().parse()
             {
                 return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{} never written", file.display());
+    }
+
+    /// Waits for `file` to hold a whole line.
+    async fn read_line(file: &Path) {
+        for _ in 0..250 {
+            if std::fs::read_to_string(file).is_ok_and(|s| s.ends_with('\n')) {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -779,7 +785,8 @@ mod tests {
             "SIGKILL came before the grace period ran out"
         );
         assert_eq!(r.outcome, Outcome::Error);
-        assert_eq!(r.error, "cancelled: killed by signal 9");
+        assert_eq!(r.error, "killed by signal 9");
+        assert!(!r.finished_on_its_own, "stopped, not finished");
         assert!(
             gone_within(grandchild, Duration::from_millis(200)).await,
             "grandchild {grandchild} survived"
@@ -812,7 +819,8 @@ mod tests {
             .expect("run ends within grace + 1 s")
             .unwrap();
         assert_eq!(r.outcome, Outcome::Error);
-        assert_eq!(r.error, "cancelled: killed by signal 15");
+        assert_eq!(r.error, "killed by signal 15");
+        assert!(!r.finished_on_its_own);
         assert!(
             gone_within(grandchild, Duration::from_millis(200)).await,
             "grandchild {grandchild} survived"
@@ -859,6 +867,73 @@ mod tests {
             "grandchild {grandchild} survived"
         );
         assert!(!dir.path("benchq-job-1-2").exists());
+    }
+
+    /// A child that ends on its own says so, even with exit codes that a
+    /// stopped child could also produce.
+    #[tokio::test]
+    async fn a_child_that_exits_by_itself_finished_on_its_own() {
+        let dir = TestDir::new();
+        for script in ["exit 0", "exit 1", "exit 3", "kill -TERM $$"] {
+            let r = run(&sh(&dir, script), job()).await;
+            assert!(r.finished_on_its_own, "{script}: {r:?}");
+        }
+    }
+
+    /// A child that handles SIGTERM by exiting 0 was still stopped: its exit
+    /// code is kept, and `finished_on_its_own` tells the agent not to take
+    /// it for a pass.
+    #[tokio::test]
+    async fn a_stopped_child_that_exits_zero_was_stopped() {
+        let dir = TestDir::new();
+        let ready = dir.path("ready");
+        let script = format!(
+            "trap 'exit 0' TERM; echo > {}; while :; do sleep 0.05; done",
+            ready.display()
+        );
+        let runner = sh(&dir, &script);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn({
+            let cancel = cancel.clone();
+            async move { runner.run(job(), cancel).await }
+        });
+        read_line(&ready).await;
+        cancel.cancel();
+        let r = task.await.unwrap();
+        assert_eq!((r.outcome, r.exit_code), (Outcome::Passed, Some(0)));
+        assert!(!r.finished_on_its_own);
+    }
+
+    /// Every process of the job dies at once on SIGTERM: the run ends right
+    /// away, not after the (long) grace period.
+    #[tokio::test]
+    async fn a_group_that_dies_on_sigterm_is_not_waited_for() {
+        let dir = TestDir::new();
+        let pid_file = dir.path("grandchild.pid");
+        let script = format!(
+            "sleep 1000 & sleep 1000 & echo $! > {}; wait",
+            pid_file.display()
+        );
+        let runner = sh(&dir, &script).with_grace(Duration::from_secs(10));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn({
+            let cancel = cancel.clone();
+            async move { runner.run(job(), cancel).await }
+        });
+        let grandchild = read_pid(&pid_file).await;
+        let cancelled_at = Instant::now();
+        cancel.cancel();
+        let r = tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .expect("stopped long before the grace period ends")
+            .unwrap();
+        assert!(
+            cancelled_at.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            cancelled_at.elapsed()
+        );
+        assert_eq!(r.error, "killed by signal 15");
+        assert!(!alive(grandchild));
     }
 
     #[test]

@@ -24,10 +24,15 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Runs one leased job to its end.
 ///
-/// The agent cancels `cancel` when the job must stop early: the lease was lost
-/// (another agent may already be running the job) or an operator asked for the
-/// job to stop. A runner should then stop promptly and return; what it returns
-/// after a lease loss is dropped, since the agent may no longer report it.
+/// The agent cancels `cancel` when the job must stop early: an operator
+/// cancelled it, it ran past its timeout, the agent is being interrupted, or
+/// the lease was lost (another agent may already be running the job). A
+/// runner should then stop promptly and return what it has (exit code,
+/// output, metrics). It need not know why: the agent reports a stopped run
+/// with the outcome of the reason (`CANCELLED`, `ERROR` for a timeout,
+/// `INTERRUPTED`), and nothing at all after a lease loss. A run that returns
+/// after `cancel` fired counts as stopped unless it sets
+/// [`RunResult::finished_on_its_own`].
 ///
 /// A runner never fails: anything that went wrong is an [`Outcome::Error`]
 /// result with an `error` message, which the coordinator retries while
@@ -44,7 +49,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///
 /// let runner: Arc<dyn Runner> = Arc::new(runner_fn(|job: LeasedJob, cancel| async move {
 ///     tokio::select! {
-///         _ = cancel.cancelled() => RunResult::error("cancelled"),
+///         // Stopped: the agent decides what to report.
+///         _ = cancel.cancelled() => RunResult::error("stopped"),
 ///         _ = async { /* run job.spec.scenario_id here */ } => RunResult::new(Outcome::Passed),
 ///     }
 /// }));
@@ -73,6 +79,12 @@ pub struct RunResult {
     /// How long the run took. Left at zero, the agent fills in its own
     /// measurement of the `run` call.
     pub duration: Duration,
+    /// The job ended by itself, not because `cancel` fired: e.g. the child
+    /// process had already exited when the runner saw the cancel. The agent
+    /// then reports this result as it is, even if it had asked for a stop
+    /// meanwhile. Left `false` (runners that cannot tell), a run that returns
+    /// after `cancel` fired is taken as stopped.
+    pub finished_on_its_own: bool,
 }
 
 impl RunResult {
@@ -85,6 +97,7 @@ impl RunResult {
             output_tail: String::new(),
             metrics_json: None,
             duration: Duration::ZERO,
+            finished_on_its_own: false,
         }
     }
 

@@ -230,12 +230,14 @@ impl Auth {
         let secret = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("authorization must be `Bearer TOKEN`")
-            })?
+            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer TOKEN`"))?
             .trim();
         let hash = sha256(secret.as_bytes());
-        let map = self.by_hash.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let map = self
+            .by_hash
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         map.get(hash.as_slice())
             .cloned()
             .ok_or_else(|| Status::unauthenticated("unknown or revoked token"))
@@ -295,7 +297,10 @@ pub fn add_token(path: &Path, name: &str, role: Role, tenant: &str) -> Result<St
         TokensFile::default()
     };
     if file.tokens.iter().any(|t| t.name == name) {
-        return Err(format!("a token named {name:?} already exists in {}", path.display()));
+        return Err(format!(
+            "a token named {name:?} already exists in {}",
+            path.display()
+        ));
     }
     if role != Role::Admin && tenant.is_empty() {
         return Err(format!("--tenant is required for role {}", role.name()));
@@ -322,7 +327,7 @@ fn encode_hex(bytes: &[u8]) -> String {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -344,15 +349,27 @@ mod tests {
         assert!(secret.starts_with("bq_") && secret.len() == 67);
         let stored = std::fs::read_to_string(&path).unwrap();
         assert!(!stored.contains(&secret), "only the hash is stored");
-        assert!(add_token(&path, "ci", Role::Agent, "t").is_err(), "names are unique");
+        assert!(
+            add_token(&path, "ci", Role::Agent, "t").is_err(),
+            "names are unique"
+        );
 
         let auth = Auth::from_file(&path).unwrap();
         let who = auth.identify(Some(&format!("Bearer {secret}"))).unwrap();
-        assert_eq!((who.name.as_str(), who.role, who.tenant.as_str()), ("ci", Role::Operator, "team-a"));
+        assert_eq!(
+            (who.name.as_str(), who.role, who.tenant.as_str()),
+            ("ci", Role::Operator, "team-a")
+        );
         let code = |r: Result<Identity, Status>| r.unwrap_err().code();
         assert_eq!(code(auth.identify(None)), tonic::Code::Unauthenticated);
-        assert_eq!(code(auth.identify(Some("Bearer bq_nope"))), tonic::Code::Unauthenticated);
-        assert_eq!(code(auth.identify(Some(&secret))), tonic::Code::Unauthenticated);
+        assert_eq!(
+            code(auth.identify(Some("Bearer bq_nope"))),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            code(auth.identify(Some(&secret))),
+            tonic::Code::Unauthenticated
+        );
 
         // Reload picks up new tokens; a broken file keeps the old ones.
         let second = add_token(&path, "agent-1", Role::Agent, "team-a").unwrap();

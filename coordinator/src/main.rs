@@ -133,7 +133,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         eprintln!(
             "added token {name:?} ({}{}) to {}; its secret, shown only now:",
             role.name(),
-            if tenant.is_empty() { String::new() } else { format!(", tenant {tenant}") },
+            if tenant.is_empty() {
+                String::new()
+            } else {
+                format!(", tenant {tenant}")
+            },
             file.display()
         );
         println!("{secret}");
@@ -176,7 +180,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     config.auth = Arc::new(auth);
     config.tls = cli.tls_cert.map(|cert| TlsFiles {
         cert,
-        key: cli.tls_key.expect("clap requires --tls-key with --tls-cert"),
+        key: cli
+            .tls_key
+            .expect("clap requires --tls-key with --tls-cert"),
         client_ca: cli.client_ca,
     });
     if config.tls.is_none() && !cli.listen.ip().is_loopback() {
@@ -203,8 +209,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
 /// Reads the tokens file again on each SIGHUP.
 async fn reload_on_sighup(auth: Arc<Auth>) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {

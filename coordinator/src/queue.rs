@@ -427,23 +427,22 @@ pub async fn complete(
     report: &Report,
 ) -> Result<String> {
     let mut tx = pool.begin().await?;
-    let state: Option<String> = sqlx::query_scalar(
-        concat!(
-            "WITH done AS ( \
+    let state: Option<String> = sqlx::query_scalar(concat!(
+        "WITH done AS ( \
                  UPDATE jobs SET \
                      state = CASE WHEN ",
-            requeue!(),
-            " THEN 'queued' \
+        requeue!(),
+        " THEN 'queued' \
                          WHEN $2 = 'PASSED' THEN 'passed' \
                          WHEN $2 = 'FAILED' THEN 'failed' \
                          WHEN $2 = 'ERROR' AND cancel_requested_at IS NULL THEN 'errored' \
                          ELSE 'cancelled' END, \
                      attempt = CASE WHEN $2 = 'INTERRUPTED' AND ",
-            requeue!(),
-            " THEN attempt - 1 ELSE attempt END, \
+        requeue!(),
+        " THEN attempt - 1 ELSE attempt END, \
                      finished_at = CASE WHEN ",
-            requeue!(),
-            " THEN NULL ELSE now() END, \
+        requeue!(),
+        " THEN NULL ELSE now() END, \
                      lease_token = NULL, leased_at = NULL, lease_expires_at = NULL, \
                      heartbeat_at = NULL \
                  WHERE lease_token = $1 AND state = 'running' \
@@ -457,8 +456,7 @@ pub async fn complete(
                  WHERE a.lease_token = $1 AND a.job_id = done.id AND a.outcome IS NULL \
              ) \
              SELECT state FROM done"
-        ),
-    )
+    ))
     .bind(token)
     .bind(report.outcome)
     .bind(report.exit_code)
@@ -659,6 +657,7 @@ pub async fn get_batch(
     pool: &PgPool,
     batch_id: Uuid,
     tenant: Option<&str>,
+    with_output: bool,
 ) -> Result<(Vec<JobRow>, Vec<AttemptRow>)> {
     let jobs = sqlx::query_as::<_, JobRow>(concat!(
         "SELECT ",
@@ -671,13 +670,15 @@ pub async fn get_batch(
     .await?;
     let attempts = sqlx::query_as::<_, AttemptRow>(
         "SELECT a.lease_token, a.job_id, a.attempt, a.agent_id, a.started_at, a.finished_at, \
-             a.outcome, a.exit_code, a.duration_ms, a.error, a.output_tail, a.metrics \
+             a.outcome, a.exit_code, a.duration_ms, a.error, \
+             CASE WHEN $3 THEN a.output_tail END AS output_tail, a.metrics \
          FROM attempts a JOIN jobs j ON j.id = a.job_id \
          WHERE j.batch_id = $1 AND ($2::text IS NULL OR j.tenant_id = $2) \
          ORDER BY j.position, a.started_at",
     )
     .bind(batch_id)
     .bind(tenant)
+    .bind(with_output)
     .fetch_all(pool)
     .await?;
     Ok((jobs, attempts))

@@ -52,7 +52,10 @@ pub async fn run(
 }
 
 /// One scan and its reclaims. Returns how many leases were taken back.
-pub async fn reap_once(pool: &PgPool, timeout_margin: Duration) -> Result<usize, queue::QueueError> {
+pub async fn reap_once(
+    pool: &PgPool,
+    timeout_margin: Duration,
+) -> Result<usize, queue::QueueError> {
     let expired = queue::expired_leases(pool, timeout_margin, BATCH).await?;
     let mut reclaimed = 0;
     for (id, token, reason) in expired {

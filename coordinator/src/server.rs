@@ -13,11 +13,17 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 use crate::auth::{Auth, AuthInterceptor};
 use crate::service::{CoordinatorService, Timing};
 use crate::wakeup::Wakeup;
+
+/// The largest request accepted: a batch of the most scenarios allowed, each
+/// with the longest id, fits. Larger requests are refused (`OUT_OF_RANGE`)
+/// before they are decoded.
+pub const MAX_REQUEST: usize = 32 * 1024 * 1024;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -90,7 +96,11 @@ impl Coordinator {
     /// Binds the listen address, connects to PostgreSQL and applies migrations.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
         // Bad certificate files are found before anything else starts.
-        let tls = config.tls.as_ref().map(TlsFiles::server_config).transpose()?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(TlsFiles::server_config)
+            .transpose()?;
         let pool = connect(&config.database_url, config.max_connections).await?;
         crate::migrate(&pool)
             .await
@@ -180,8 +190,8 @@ impl Coordinator {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(CoordinatorServer::with_interceptor(
-                service,
+            .add_service(InterceptedService::new(
+                CoordinatorServer::new(service).max_decoding_message_size(MAX_REQUEST),
                 AuthInterceptor(self.auth.clone()),
             ))
             .serve_with_incoming_shutdown(

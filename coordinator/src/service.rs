@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use benchq::proto::{
-    self, CompleteRequest, CompleteResponse, EnqueueBatchRequest, EnqueueBatchResponse,
-    EnqueueRequest, EnqueueResponse, GetBatchRequest, GetBatchResponse, HeartbeatRequest,
-    HeartbeatResponse, JobState, LeaseRequest, LeaseResponse, Outcome, CancelBatchRequest,
-    CancelJobRequest, CancelResponse,
+    self, CancelBatchRequest, CancelJobRequest, CancelResponse, CompleteRequest, CompleteResponse,
+    EnqueueBatchRequest, EnqueueBatchResponse, EnqueueRequest, EnqueueResponse, GetBatchRequest,
+    GetBatchResponse, HeartbeatRequest, HeartbeatResponse, JobState, LeaseRequest, LeaseResponse,
+    Outcome,
 };
 use sqlx::PgPool;
 use tokio::time::Instant;
@@ -84,9 +84,9 @@ fn status(e: QueueError) -> Status {
         QueueError::LeaseNotHeld(why) => {
             Status::failed_precondition(format!("lease not held: {why}"))
         }
-        QueueError::LeaseOfOtherCredential => Status::permission_denied(
-            "lease_token: the lease was taken by another credential",
-        ),
+        QueueError::LeaseOfOtherCredential => {
+            Status::permission_denied("lease_token: the lease was taken by another credential")
+        }
         QueueError::BatchExists(id) => {
             Status::already_exists(format!("job_id: batch {id} already exists"))
         }
@@ -190,7 +190,11 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         let who = caller(&request)?;
         who.require("Enqueue", &[Role::Operator])?;
         let (batch, mut args) = validate::enqueue(request.get_ref())?;
-        let requested = request.get_ref().job.as_ref().map_or("", |j| j.tenant_id.as_str());
+        let requested = request
+            .get_ref()
+            .job
+            .as_ref()
+            .map_or("", |j| j.tenant_id.as_str());
         args.tenant_id = who.tenant_for("job.tenant_id", requested)?;
         let id = queue::enqueue(&self.pool, batch, &args)
             .await
@@ -254,8 +258,8 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
                 &tenant,
                 self.timing.lease_ttl,
             )
-                .await
-                .map_err(status)?;
+            .await
+            .map_err(status)?;
             if let Some((job, token)) = leased {
                 tracing::info!(id = %job.id, scenario = %job.scenario_id, slot = job.namespace_slot, attempt = job.attempt, "leased job");
                 let ttl_ms = self.timing.lease_ttl.as_millis() as u32;
@@ -315,8 +319,8 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         let token = validate::uuid("lease_token", &request.get_ref().lease_token)?;
         let cancel_requested =
             queue::heartbeat(&self.pool, &who.name, token, self.timing.lease_ttl)
-            .await
-            .map_err(status)?;
+                .await
+                .map_err(status)?;
         Ok(Response::new(HeartbeatResponse { cancel_requested }))
     }
 
@@ -345,9 +349,14 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         let who = caller(&request)?;
         who.require("GetBatch", &[Role::Operator])?;
         let batch = validate::uuid("job_id", &request.get_ref().job_id)?;
-        let (jobs, attempts) = queue::get_batch(&self.pool, batch, who.visible_tenant())
-            .await
-            .map_err(status)?;
+        let (jobs, attempts) = queue::get_batch(
+            &self.pool,
+            batch,
+            who.visible_tenant(),
+            !request.get_ref().omit_output,
+        )
+        .await
+        .map_err(status)?;
         if jobs.is_empty() {
             return Err(Status::not_found(format!("job_id: no batch {batch}")));
         }

@@ -37,6 +37,17 @@ fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {why}"))
 }
 
+/// A payload over its size limit: `RESOURCE_EXHAUSTED`, naming the field.
+fn too_big(field: &str, why: impl std::fmt::Display) -> Status {
+    Status::resource_exhausted(format!("{field}: {why}"))
+}
+
+/// Characters an identifier may hold: letters, digits and `-_.:/@+=`, so ids
+/// are safe in namespaces, file names, logs and shell scripts alike.
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-_.:/@+=".contains(c)
+}
+
 /// A UUID field that must be set.
 pub fn uuid(field: &str, value: &str) -> Result<Uuid, Status> {
     if value.is_empty() {
@@ -54,7 +65,7 @@ fn uuid_or_new(field: &str, value: &str) -> Result<Uuid, Status> {
     }
 }
 
-/// An identifier: printable, no surrounding white space, bounded.
+/// An identifier: letters, digits and `-_.:/@+=`, bounded.
 fn ident(field: &str, value: &str, required: bool) -> Result<String, Status> {
     if value.is_empty() {
         return if required {
@@ -66,11 +77,11 @@ fn ident(field: &str, value: &str, required: bool) -> Result<String, Status> {
     if value.len() > MAX_ID_LEN {
         return Err(invalid(field, format!("longer than {MAX_ID_LEN} bytes")));
     }
-    if value.chars().any(char::is_control) {
-        return Err(invalid(field, "contains control characters"));
-    }
-    if value.trim() != value {
-        return Err(invalid(field, "has leading or trailing white space"));
+    if let Some(c) = value.chars().find(|c| !is_id_char(*c)) {
+        return Err(invalid(
+            field,
+            format!("{c:?} is not allowed: use letters, digits and - _ . : / @ + ="),
+        ));
     }
     Ok(value.to_string())
 }
@@ -193,7 +204,7 @@ pub fn enqueue_batch(
         return Err(invalid("scenario_ids", "at least one scenario is required"));
     }
     if req.scenario_ids.len() > MAX_BATCH {
-        return Err(invalid(
+        return Err(too_big(
             "scenario_ids",
             format!(
                 "{} scenarios is more than the {MAX_BATCH} a batch may hold",
@@ -273,13 +284,13 @@ pub fn complete(req: &proto::CompleteRequest) -> Result<(Uuid, Report), Status> 
     let duration_ms =
         i64::try_from(req.duration_ms).map_err(|_| invalid("duration_ms", "is out of range"))?;
     if req.output_tail.len() > MAX_OUTPUT_TAIL {
-        return Err(invalid(
+        return Err(too_big(
             "output_tail",
             format!("longer than {MAX_OUTPUT_TAIL} bytes: send only the tail"),
         ));
     }
     if req.error.len() > MAX_ERROR_LEN {
-        return Err(invalid(
+        return Err(too_big(
             "error",
             format!("longer than {MAX_ERROR_LEN} bytes"),
         ));
@@ -288,7 +299,7 @@ pub fn complete(req: &proto::CompleteRequest) -> Result<(Uuid, Report), Status> 
         None
     } else {
         if req.metrics_json.len() > MAX_METRICS_LEN {
-            return Err(invalid(
+            return Err(too_big(
                 "metrics_json",
                 format!("larger than {MAX_METRICS_LEN} bytes"),
             ));

@@ -59,7 +59,10 @@ fn running_without_authentication_is_an_explicit_loopback_only_choice() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--tokens") && err.contains("--insecure-no-auth"), "{err}");
+    assert!(
+        err.contains("--tokens") && err.contains("--insecure-no-auth"),
+        "{err}"
+    );
 
     let out = coordinator()
         .args(["--database-url", "postgres://x/y", "--insecure-no-auth"])
@@ -82,11 +85,18 @@ fn token_add_prints_the_secret_once_and_stores_only_its_hash() {
         .args(["--name", "fleet-a", "--role", "agent", "--tenant", "team-a"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(secret.starts_with("bq_"), "{secret}");
     let stored = std::fs::read_to_string(&file).unwrap();
-    assert!(stored.contains("fleet-a") && !stored.contains(&secret), "{stored}");
+    assert!(
+        stored.contains("fleet-a") && !stored.contains(&secret),
+        "{stored}"
+    );
     let out = coordinator()
         .args(["token", "add", "--file", file.to_str().unwrap()])
         .args(["--name", "x", "--role", "wizard"])

@@ -120,6 +120,7 @@ async fn get_batch(app: &TestApp, batch_id: &str) -> Vec<Job> {
         .await
         .get_batch(GetBatchRequest {
             job_id: batch_id.into(),
+            ..Default::default()
         })
         .await
         .expect("get batch")
@@ -568,7 +569,12 @@ async fn a_cancel_request_stops_the_runner_and_its_result_is_reported() {
     let a = &job.attempts[0];
     assert!(a.finished_at.is_some(), "the agent reported the attempt");
     assert_eq!(a.agent_id, AGENT_ID);
-    assert_eq!(a.error, "stopped: cancel requested");
+    // The agent, not the runner, decides what a stopped run is reported as.
+    assert_eq!(a.outcome, Outcome::Cancelled as i32);
+    assert_eq!(
+        a.error,
+        "cancelled: an operator asked for it (stopped: cancel requested)"
+    );
 }
 
 /// A result the coordinator refuses (the lease was taken back while the job
@@ -733,7 +739,10 @@ async fn a_result_survives_a_coordinator_restart() {
     let reply = benchq::client::connect(&format!("http://{addr}"))
         .await
         .unwrap()
-        .get_batch(GetBatchRequest { job_id: batch_id })
+        .get_batch(GetBatchRequest {
+            job_id: batch_id,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

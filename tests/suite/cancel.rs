@@ -83,6 +83,7 @@ async fn cancel_a_queued_job_a_running_job_and_a_batch() {
     let b = c
         .get_batch(GetBatchRequest {
             job_id: reply.job_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -109,6 +109,7 @@ async fn a_batch_runs_end_to_end_on_two_agents_with_the_retry_rule() {
     let batch = client
         .get_batch(GetBatchRequest {
             job_id: batch_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -74,7 +74,10 @@ async fn a_killed_agents_job_is_reclaimed_and_runs_again_on_a_live_agent() {
             let batch_id = batch_id.clone();
             async move {
                 let b = c
-                    .get_batch(GetBatchRequest { job_id: batch_id })
+                    .get_batch(GetBatchRequest {
+                        job_id: batch_id,
+                        ..Default::default()
+                    })
                     .await
                     .ok()?
                     .into_inner();

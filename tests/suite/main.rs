@@ -5,12 +5,15 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod agent_faults;
 mod agent_loop;
+mod cancel;
 mod end_to_end;
 mod faults;
 mod grpc_surface;
 mod leases;
-mod cancel;
 mod migrations;
 mod reclaim;
+mod security;
+mod tls;
 mod validation;

@@ -189,7 +189,10 @@ async fn an_expired_lease_is_reclaimed_and_its_late_complete_refused() {
         .await
         .unwrap();
     let job = c
-        .get_batch(GetBatchRequest { job_id: batch_id })
+        .get_batch(GetBatchRequest {
+            job_id: batch_id,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

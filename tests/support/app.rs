@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use benchq::proto::coordinator_client::CoordinatorClient;
 use benchq::proto::{self, EnqueueBatchRequest, JobSpec};
 use benchq_coordinator::service::Timing;
 use benchq_coordinator::{Config, Coordinator};
@@ -16,7 +15,6 @@ use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use super::pg;
 
@@ -57,10 +55,16 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(timing: Timing) -> TestApp {
+    spawn_app_configured(|c| c.timing = timing).await
+}
+
+/// A coordinator with test timing, adjusted by `configure` (auth, TLS, …).
+pub async fn spawn_app_configured(configure: impl FnOnce(&mut Config)) -> TestApp {
     let (db_url, pool) = migrated_db().await;
     let mut config = Config::new("127.0.0.1:0".parse().unwrap(), db_url.clone());
-    config.timing = timing;
+    config.timing = test_timing();
     config.max_connections = 30;
+    configure(&mut config);
     let coordinator = Coordinator::build(config).await.expect("build coordinator");
     let addr = coordinator.local_addr();
     let shutdown = CancellationToken::new();
@@ -82,7 +86,7 @@ impl TestApp {
         format!("http://{}", self.addr)
     }
 
-    pub async fn client(&self) -> CoordinatorClient<Channel> {
+    pub async fn client(&self) -> benchq::client::Client {
         benchq::client::connect(&self.url())
             .await
             .expect("connect to coordinator")
@@ -248,10 +252,16 @@ pub async fn spawn_coordinator_bin_on(
 ) -> (Proc, String) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut cmd = Command::new(bin("benchq-coordinator"));
-    cmd.args(["--listen", listen, "--database-url", db_url, "--insecure-no-auth"])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1");
+    cmd.args([
+        "--listen",
+        listen,
+        "--database-url",
+        db_url,
+        "--insecure-no-auth",
+    ])
+    .args(extra)
+    .env("RUST_LOG", "info")
+    .env("NO_COLOR", "1");
     let proc = Proc::spawn("benchq-coordinator", &mut cmd, Some(tx));
     let ready = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = rx.recv().await {

@@ -49,3 +49,48 @@ async fn bad_configurations_are_refused() {
         Err(AgentError::Connect(_))
     ));
 }
+
+#[test]
+fn a_timeout_of_zero_means_an_hour() {
+    let mut spec = JobSpec::default();
+    assert_eq!(job_timeout(&spec), Duration::from_secs(3600));
+    spec.timeout_seconds = 90;
+    assert_eq!(job_timeout(&spec), Duration::from_secs(90));
+}
+
+#[test]
+fn a_busy_slot_is_warned_about_once_per_holder_and_job() {
+    let busy = |agent: &str, id: &str| BusySlot {
+        slot: 0,
+        tenant_id: String::new(),
+        agent_id: agent.into(),
+        id: id.into(),
+    };
+    let mut w = BusyWarnings::default();
+    assert_eq!(
+        w.update(&[busy("a1", "j1")]),
+        vec![
+            "slot 0 is busy: job j1 is running there on agent a1 \u{2014} is another agent serving slot 0?"
+        ]
+    );
+    assert!(w.update(&[busy("a1", "j1")]).is_empty(), "repeated");
+    assert_eq!(w.update(&[busy("a1", "j2")]).len(), 1, "another job");
+    assert_eq!(w.update(&[busy("a2", "j2")]).len(), 1, "another agent");
+    assert!(w.update(&[]).is_empty());
+    assert_eq!(
+        w.update(&[busy("a2", "j2")]).len(),
+        1,
+        "busy again after a free poll"
+    );
+    w.clear();
+    let tenant = BusySlot {
+        tenant_id: "acme".into(),
+        ..busy("a2", "j2")
+    };
+    assert_eq!(
+        w.update(&[tenant]),
+        vec![
+            "slot 0 is busy: job j2 (tenant acme) is running there on agent a2 \u{2014} is another agent serving slot 0?"
+        ]
+    );
+}

@@ -1,0 +1,223 @@
+//! Why a running job is stopped, and what that makes of its result.
+//!
+//! Four things stop a job before it ends on its own, and each asks for a
+//! different report: a lost lease (report nothing: the job may already run
+//! elsewhere, and the coordinator would refuse it), an operator's cancel
+//! (`CANCELLED`), its timeout (`ERROR`, retried by the usual rule), an
+//! interrupted shutdown (`INTERRUPTED`: back to the queue, attempt given
+//! back). The runner sees only its cancel token; the agent loop records the
+//! reason in a [`Stop`] *before* cancelling it, and decides the outcome from
+//! it, so that no runner has to get this right.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use benchq::proto::Outcome;
+use tokio_util::sync::CancellationToken;
+
+use crate::runner::RunResult;
+
+/// Why the agent stopped a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopReason {
+    /// The coordinator no longer holds the lease for this agent.
+    LeaseLost,
+    /// An operator cancelled the job (CancelJob / CancelBatch).
+    Cancelled,
+    /// The job ran longer than its timeout.
+    Timeout(Duration),
+    /// The agent was told to stop without waiting for its jobs.
+    Interrupted,
+}
+
+impl StopReason {
+    /// What to report for a run stopped for this reason: `None` for a lost
+    /// lease (nothing is reported), else the outcome and the start of the
+    /// error text.
+    pub(crate) fn report(self) -> Option<(Outcome, String)> {
+        match self {
+            StopReason::LeaseLost => None,
+            StopReason::Cancelled => Some((
+                Outcome::Cancelled,
+                "cancelled: an operator asked for it".into(),
+            )),
+            StopReason::Timeout(limit) => Some((
+                Outcome::Error,
+                format!("timeout: ran longer than {}s", limit.as_secs()),
+            )),
+            StopReason::Interrupted => Some((
+                Outcome::Interrupted,
+                "interrupted: the agent was shut down".into(),
+            )),
+        }
+    }
+
+    /// For log lines: `cancel requested`, `timeout`, …
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            StopReason::LeaseLost => "lease lost",
+            StopReason::Cancelled => "cancel requested",
+            StopReason::Timeout(_) => "timeout",
+            StopReason::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// One running job's stop switch: the reason, then the runner's token.
+///
+/// The first reason wins (a job being cancelled when the agent is interrupted
+/// stays cancelled), except a lost lease, which overrides any other: once the
+/// lease is gone nothing may be reported.
+#[derive(Debug, Default)]
+pub(crate) struct Stop {
+    reason: Mutex<Option<StopReason>>,
+    token: CancellationToken,
+}
+
+impl Stop {
+    /// The token the runner watches.
+    pub(crate) fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    /// Records `reason` (see the type's docs for which one wins) and cancels
+    /// the runner. Returns whether `reason` is now the recorded one and was
+    /// not before, i.e. whether to log it.
+    pub(crate) fn request(&self, reason: StopReason) -> bool {
+        let recorded = {
+            let mut current = self.reason.lock().unwrap_or_else(PoisonError::into_inner);
+            let take = match *current {
+                None => true,
+                Some(StopReason::LeaseLost) => false,
+                Some(_) => reason == StopReason::LeaseLost,
+            };
+            if take {
+                *current = Some(reason);
+            }
+            take
+        };
+        self.token.cancel();
+        recorded
+    }
+
+    /// The recorded reason, if any.
+    pub(crate) fn reason(&self) -> Option<StopReason> {
+        *self.reason.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What to report for `result`, given why (if at all) its run was stopped
+/// before it returned: `None` when nothing may be reported (lost lease).
+///
+/// A stopped run keeps its exit code, output and metrics; its outcome is the
+/// reason's, and its error says why, followed by what the runner said (or its
+/// exit code) in parentheses. A run that finished on its own, or was not
+/// stopped, is reported as it is.
+pub(crate) fn settle(mut result: RunResult, stopped: Option<StopReason>) -> Option<RunResult> {
+    let Some(reason) = stopped.filter(|_| !result.finished_on_its_own) else {
+        return Some(result);
+    };
+    let (outcome, why) = reason.report()?;
+    let detail = if !result.error.is_empty() {
+        std::mem::take(&mut result.error)
+    } else if let Some(code) = result.exit_code {
+        format!("exit code {code}")
+    } else {
+        String::new()
+    };
+    result.outcome = outcome;
+    result.error = if detail.is_empty() {
+        why
+    } else {
+        format!("{why} ({detail})")
+    };
+    Some(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn killed() -> RunResult {
+        RunResult {
+            output_tail: "tail".into(),
+            metrics_json: Some("{}".into()),
+            ..RunResult::error("killed by signal 15")
+        }
+    }
+
+    #[test]
+    fn each_reason_decides_the_outcome_and_keeps_the_rest() {
+        let r = settle(killed(), Some(StopReason::Cancelled)).unwrap();
+        assert_eq!(r.outcome, Outcome::Cancelled);
+        assert_eq!(
+            r.error,
+            "cancelled: an operator asked for it (killed by signal 15)"
+        );
+        assert_eq!(r.output_tail, "tail");
+        assert_eq!(r.metrics_json.as_deref(), Some("{}"));
+
+        let r = settle(killed(), Some(StopReason::Timeout(Duration::from_secs(90)))).unwrap();
+        assert_eq!(r.outcome, Outcome::Error);
+        assert_eq!(
+            r.error,
+            "timeout: ran longer than 90s (killed by signal 15)"
+        );
+
+        let r = settle(killed(), Some(StopReason::Interrupted)).unwrap();
+        assert_eq!(r.outcome, Outcome::Interrupted);
+        assert_eq!(
+            r.error,
+            "interrupted: the agent was shut down (killed by signal 15)"
+        );
+
+        assert_eq!(settle(killed(), Some(StopReason::LeaseLost)), None);
+    }
+
+    #[test]
+    fn a_stopped_pass_is_not_a_pass() {
+        let passed = RunResult {
+            exit_code: Some(0),
+            ..RunResult::new(Outcome::Passed)
+        };
+        let r = settle(passed.clone(), Some(StopReason::Interrupted)).unwrap();
+        assert_eq!(r.outcome, Outcome::Interrupted);
+        assert_eq!(r.exit_code, Some(0));
+        assert_eq!(
+            r.error,
+            "interrupted: the agent was shut down (exit code 0)"
+        );
+
+        let bare = settle(RunResult::new(Outcome::Passed), Some(StopReason::Cancelled)).unwrap();
+        assert_eq!(bare.error, "cancelled: an operator asked for it");
+    }
+
+    #[test]
+    fn a_run_that_finished_on_its_own_or_was_not_stopped_stands() {
+        let finished = RunResult {
+            finished_on_its_own: true,
+            exit_code: Some(1),
+            ..RunResult::new(Outcome::Failed)
+        };
+        assert_eq!(
+            settle(finished.clone(), Some(StopReason::Cancelled)),
+            Some(finished.clone())
+        );
+        assert_eq!(settle(killed(), None), Some(killed()));
+    }
+
+    #[test]
+    fn the_first_reason_wins_but_a_lost_lease_overrides() {
+        let stop = Stop::default();
+        let token = stop.token();
+        assert_eq!(stop.reason(), None);
+        assert!(stop.request(StopReason::Cancelled));
+        assert!(token.is_cancelled());
+        assert!(!stop.request(StopReason::Interrupted));
+        assert!(!stop.request(StopReason::Timeout(Duration::from_secs(1))));
+        assert_eq!(stop.reason(), Some(StopReason::Cancelled));
+        assert!(stop.request(StopReason::LeaseLost));
+        assert!(!stop.request(StopReason::Cancelled));
+        assert_eq!(stop.reason(), Some(StopReason::LeaseLost));
+    }
+}
