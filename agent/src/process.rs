@@ -175,6 +175,11 @@ impl ProcessRunner {
             .env("BENCHQ_AGENT_ID", &self.agent_id)
             .env("BENCHQ_JOB_FILE", &job_file)
             .env("BENCHQ_RESULT_FILE", &result_file)
+            // The agent's own credentials are not the job's business: the code
+            // under test must not be able to lease, complete or forge results.
+            .env_remove("BENCHQ_TOKEN")
+            .env_remove("BENCHQ_CLIENT_KEY")
+            .env_remove("BENCHQ_CLIENT_CERT")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

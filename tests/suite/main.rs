@@ -13,6 +13,7 @@ mod faults;
 mod grpc_surface;
 mod leases;
 mod migrations;
+mod production;
 mod reclaim;
 mod security;
 mod tls;

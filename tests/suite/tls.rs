@@ -9,16 +9,16 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsage
 use crate::support::app::{TestApp, cli, spawn_app_configured};
 
 /// A private CA, certificates it signed, and some it did not, as PEM files.
-struct Pki {
+pub struct Pki {
     dir: PathBuf,
 }
 
 impl Pki {
-    fn path(&self, name: &str) -> String {
+    pub fn path(&self, name: &str) -> String {
         self.dir.join(name).to_str().unwrap().to_string()
     }
 
-    fn new() -> Pki {
+    pub fn new() -> Pki {
         let dir =
             std::env::temp_dir().join(format!("benchq-pki-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -65,7 +65,7 @@ impl Pki {
         Pki { dir }
     }
 
-    fn tls(&self, cert: &str, mutual: bool) -> TlsFiles {
+    pub fn tls(&self, cert: &str, mutual: bool) -> TlsFiles {
         TlsFiles {
             cert: self.dir.join(format!("{cert}.pem")),
             key: self.dir.join(format!("{cert}.key")),

@@ -250,18 +250,25 @@ pub async fn spawn_coordinator_bin_on(
     db_url: &str,
     extra: &[&str],
 ) -> (Proc, String) {
+    spawn_coordinator_bin_logging(listen, db_url, extra, "info").await
+}
+
+/// Like [`spawn_coordinator_bin_on`], with a `RUST_LOG` filter.
+pub async fn spawn_coordinator_bin_logging(
+    listen: &str,
+    db_url: &str,
+    extra: &[&str],
+    rust_log: &str,
+) -> (Proc, String) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut cmd = Command::new(bin("benchq-coordinator"));
-    cmd.args([
-        "--listen",
-        listen,
-        "--database-url",
-        db_url,
-        "--insecure-no-auth",
-    ])
-    .args(extra)
-    .env("RUST_LOG", "info")
-    .env("NO_COLOR", "1");
+    cmd.args(["--listen", listen, "--database-url", db_url]);
+    if !extra.contains(&"--tokens") {
+        cmd.arg("--insecure-no-auth");
+    }
+    cmd.args(extra)
+        .env("RUST_LOG", rust_log)
+        .env("NO_COLOR", "1");
     let proc = Proc::spawn("benchq-coordinator", &mut cmd, Some(tx));
     let ready = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = rx.recv().await {
@@ -345,9 +352,16 @@ pub fn script(name: &str, body: &str) -> PathBuf {
 
 /// Runs the `benchq` CLI to completion: (exit code, stdout, stderr).
 pub async fn cli(args: &[&str]) -> (i32, String, String) {
+    cli_with_env(args, &[]).await
+}
+
+/// [`cli`] with extra environment variables.
+pub async fn cli_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_benchq"))
         .args(args)
         .env_remove("BENCHQ_COORDINATOR")
+        .env_remove("BENCHQ_TOKEN")
+        .envs(env.iter().copied())
         .output()
         .await
         .expect("run benchq");
