@@ -17,7 +17,7 @@
 mod agent;
 mod backoff;
 mod children;
-mod duration;
+
 mod job;
 mod process;
 mod runner;
@@ -26,8 +26,8 @@ mod stop;
 mod tail;
 
 pub use agent::{Agent, AgentConfig, AgentError, default_agent_id};
+pub use benchq::duration::parse as parse_duration;
 pub use children::become_subreaper;
-pub use duration::parse_duration;
 pub use job::LeasedJob;
 pub use process::{METRICS_MAX, ProcessRunner};
 pub use runner::{BoxFuture, FnRunner, RunResult, Runner, runner_fn};
