@@ -357,7 +357,7 @@ pub async fn cli(args: &[&str]) -> (i32, String, String) {
 
 /// [`cli`] with extra environment variables.
 pub async fn cli_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_benchq"))
+    let out = Command::new(bin("benchq"))
         .args(args)
         .env_remove("BENCHQ_COORDINATOR")
         .env_remove("BENCHQ_TOKEN")
