@@ -233,3 +233,74 @@ async fn the_cli_says_clearly_what_is_wrong() {
     assert_ne!(code, 0);
     assert!(err.contains("job_id"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn benchq_cancel_stops_a_batch_or_one_job() {
+    let db_url = pg::cluster().fresh_database().await;
+    let (_coordinator, url) = spawn_coordinator_bin(&db_url, &["--lease-ttl", "600ms"]).await;
+    let runner = script("slow.sh", "exec sleep 30\n");
+    let _agent = spawn_agent_bin(&url, "agent-0", &[0], &[runner.to_str().unwrap()]);
+    let enqueue = |scenarios: &'static [&'static str]| {
+        let url = url.clone();
+        async move {
+            let mut args = vec![
+                "--coordinator",
+                &url,
+                "enqueue",
+                "--model",
+                "m",
+                "--provider",
+                "p",
+            ];
+            for s in scenarios {
+                args.extend(["--scenario", s]);
+            }
+            let (code, out, err) = cli(&args).await;
+            assert_eq!(code, 0, "{err}");
+            out.trim().to_string()
+        }
+    };
+    let batch = enqueue(&["first", "second", "third"]).await;
+    let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
+    crate::support::app::eventually(Duration::from_secs(10), "the first job to run", || {
+        let pool = pool.clone();
+        async move {
+            let running: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            (running == 1).then_some(())
+        }
+    })
+    .await;
+
+    let (code, out, err) = cli(&["--coordinator", &url, "cancel", &batch]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        "cancelled 2 queued, stopping 1 running, 0 already finished"
+    );
+    let (_, table, _) = cli(&["--coordinator", &url, "wait", &batch, "--timeout", "20s"]).await;
+    assert!(table.contains("cancelled 3"), "{table}");
+
+    // One job, by its own id.
+    let other = enqueue(&["solo"]).await;
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM jobs WHERE batch_id = $1")
+        .bind(uuid::Uuid::parse_str(&other).unwrap())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let (code, out, err) = cli(&["--coordinator", &url, "cancel", &id.to_string()]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("cancelled"), "{out}");
+    let (code, _, err) = cli(&[
+        "--coordinator",
+        &url,
+        "cancel",
+        &uuid::Uuid::new_v4().to_string(),
+    ])
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no batch or job"), "{err}");
+}

@@ -566,3 +566,85 @@ async fn a_thousand_malformed_or_oversized_requests_are_refused_and_change_nothi
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_tokens_file() {
+    use crate::support::app::spawn_coordinator_bin;
+
+    let dir = std::env::temp_dir().join(format!("benchq-hup-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tokens.json");
+    let first = add_token(&file, "first", Role::Operator, "a").unwrap();
+    let db_url = crate::support::pg::cluster().fresh_database().await;
+    let (coordinator, url) =
+        spawn_coordinator_bin(&db_url, &["--tokens", file.to_str().unwrap()]).await;
+    let call = |secret: String| {
+        let url = url.clone();
+        async move {
+            let mut c = benchq::client::connect(ClientOptions {
+                url,
+                token: Some(secret),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            code(c.enqueue_batch(batch(&["x"], 1)).await)
+        }
+    };
+    assert_eq!(call(first.clone()).await, Code::Ok);
+    let second = add_token(&file, "second", Role::Operator, "a").unwrap();
+    assert_eq!(
+        call(second.clone()).await,
+        Code::Unauthenticated,
+        "not before the reload"
+    );
+    coordinator.signal(libc::SIGHUP);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while call(second.clone()).await != Code::Ok {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP did not reload the tokens"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // A broken file keeps the tokens in force.
+    std::fs::write(&file, "{broken").unwrap();
+    coordinator.signal(libc::SIGHUP);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(call(first).await, Code::Ok);
+    assert!(
+        coordinator.log().contains("keeping the tokens in force"),
+        "{}",
+        coordinator.log()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn reflection_needs_no_token_when_authentication_is_on() {
+    use tokio_stream::StreamExt;
+    use tonic_reflection::pb::v1 as r1;
+    let (app, _) = app_with_tokens().await;
+    let channel = benchq::client::endpoint(&app.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut reflection = r1::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = r1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let reply = reflection
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(format!("{reply:?}").contains("benchq.v1.Coordinator"));
+}
