@@ -7,3 +7,4 @@
 pub mod client;
 pub mod duration;
 pub mod proto;
+pub mod report;

@@ -25,11 +25,11 @@ pub const MAX_ID_LEN: usize = 256;
 /// Longest free-text field (skill file path, skill source, …).
 pub const MAX_TEXT_LEN: usize = 4096;
 /// Longest output tail an agent may report.
-pub const MAX_OUTPUT_TAIL: usize = 64 * 1024;
+pub const MAX_OUTPUT_TAIL: usize = benchq::report::MAX_OUTPUT_TAIL;
 /// Longest error message an agent may report.
-pub const MAX_ERROR_LEN: usize = 16 * 1024;
+pub const MAX_ERROR_LEN: usize = benchq::report::MAX_ERROR;
 /// Largest metrics document an agent may report.
-pub const MAX_METRICS_LEN: usize = 1024 * 1024;
+pub const MAX_METRICS_LEN: usize = benchq::report::MAX_METRICS;
 /// The tenant of requests that name none.
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -298,19 +298,14 @@ pub fn complete(req: &proto::CompleteRequest) -> Result<(Uuid, Report), Status> 
     let metrics = if req.metrics_json.is_empty() {
         None
     } else {
-        if req.metrics_json.len() > MAX_METRICS_LEN {
-            return Err(too_big(
-                "metrics_json",
-                format!("larger than {MAX_METRICS_LEN} bytes"),
-            ));
-        }
-        // PostgreSQL's jsonb cannot hold a NUL character.
-        if req.metrics_json.contains("\\u0000") {
-            return Err(invalid("metrics_json", "contains a NUL character"));
-        }
         Some(
-            serde_json::from_str::<serde_json::Value>(&req.metrics_json)
-                .map_err(|e| invalid("metrics_json", format!("is not valid JSON: {e}")))?,
+            benchq::report::check_metrics(&req.metrics_json).map_err(|why| {
+                if req.metrics_json.len() > MAX_METRICS_LEN {
+                    too_big("metrics_json", why)
+                } else {
+                    invalid("metrics_json", why)
+                }
+            })?,
         )
     };
     Ok((
