@@ -183,15 +183,15 @@ async fn run(cli: Cli) -> CliResult<ExitCode> {
                 .await
                 .map_err(|e| e.to_string())?;
             let deadline = tokio::time::Instant::now() + timeout;
+            // Poll the counts alone; fetch the whole batch once, at the end.
             loop {
-                let batch = get_batch(&url, &mut c, &batch_id).await?;
-                let counts = batch.counts.unwrap_or_default();
-                if counts.queued == 0 && counts.running == 0 {
-                    show(&batch, output)?;
-                    break;
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    show(&batch, output)?;
+                let counts = batch_counts(&url, &mut c, &batch_id).await?;
+                let done = counts.queued == 0 && counts.running == 0;
+                if done || tokio::time::Instant::now() >= deadline {
+                    show(&get_batch(&url, &mut c, &batch_id).await?, output)?;
+                    if done {
+                        break;
+                    }
                     return Err(format!(
                         "batch {batch_id} still has {} queued and {} running jobs after {timeout:?}",
                         counts.queued, counts.running
@@ -263,13 +263,53 @@ async fn get_batch(
     c: &mut client::Client,
     batch_id: &str,
 ) -> CliResult<proto::GetBatchResponse> {
-    Ok(c.get_batch(proto::GetBatchRequest {
-        job_id: batch_id.to_string(),
-        omit_output: true,
-    })
-    .await
-    .map_err(|s| describe(url, &s))?
-    .into_inner())
+    // Page through the batch; counts come with every page.
+    let mut page_token = String::new();
+    let mut all: Option<proto::GetBatchResponse> = None;
+    loop {
+        let page = c
+            .get_batch(proto::GetBatchRequest {
+                job_id: batch_id.to_string(),
+                omit_output: true,
+                page_size: 0,
+                page_token,
+            })
+            .await
+            .map_err(|s| describe(url, &s))?
+            .into_inner();
+        page_token = page.next_page_token.clone();
+        match &mut all {
+            None => all = Some(page),
+            Some(all) => {
+                all.jobs.extend(page.jobs);
+                all.counts = page.counts;
+            }
+        }
+        if page_token.is_empty() {
+            let mut all = all.expect("at least one page");
+            all.next_page_token.clear();
+            return Ok(all);
+        }
+    }
+}
+
+/// Just the counts of a batch: one small page.
+async fn batch_counts(
+    url: &str,
+    c: &mut client::Client,
+    batch_id: &str,
+) -> CliResult<proto::StateCounts> {
+    let page = c
+        .get_batch(proto::GetBatchRequest {
+            job_id: batch_id.to_string(),
+            omit_output: true,
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .map_err(|s| describe(url, &s))?
+        .into_inner();
+    Ok(page.counts.unwrap_or_default())
 }
 
 /// One line a person can act on, for a status the coordinator returned.

@@ -250,10 +250,14 @@ pub struct AuthInterceptor(pub Arc<Auth>);
 
 impl Interceptor for AuthInterceptor {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
+        let header = match request.metadata().get("authorization") {
+            None => None,
+            Some(v) => Some(v.to_str().map_err(|_| {
+                Status::unauthenticated(
+                    "the authorization header is not plain ASCII: check the token",
+                )
+            })?),
+        };
         let identity = self.0.identify(header)?;
         request.extensions_mut().insert(identity);
         Ok(request)

@@ -648,36 +648,57 @@ async fn not_held(
     }))
 }
 
-/// Every job of a batch in position order, and every attempt of those jobs.
-/// An empty list means the batch does not exist.
+/// Counts of a batch's jobs by state. Empty means the batch does not exist.
 ///
 /// With `tenant`, only that tenant's jobs are seen: another tenant's batch
-/// looks like no batch at all.
+/// looks like no batch at all (here and in [`get_batch`]).
+pub async fn batch_counts(
+    pool: &PgPool,
+    batch_id: Uuid,
+    tenant: Option<&str>,
+) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT state, count(*) FROM jobs \
+         WHERE batch_id = $1 AND ($2::text IS NULL OR tenant_id = $2) GROUP BY state",
+    )
+    .bind(batch_id)
+    .bind(tenant)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One page of a batch: up to `limit` jobs after position `after`, in
+/// position order, and every attempt of those jobs.
 pub async fn get_batch(
     pool: &PgPool,
     batch_id: Uuid,
     tenant: Option<&str>,
     with_output: bool,
+    after: i32,
+    limit: i64,
 ) -> Result<(Vec<JobRow>, Vec<AttemptRow>)> {
     let jobs = sqlx::query_as::<_, JobRow>(concat!(
         "SELECT ",
         job_columns!(),
-        " FROM jobs WHERE batch_id = $1 AND ($2::text IS NULL OR tenant_id = $2) ORDER BY position"
+        " FROM jobs WHERE batch_id = $1 AND ($2::text IS NULL OR tenant_id = $2) \
+          AND position > $3 ORDER BY position LIMIT $4"
     ))
     .bind(batch_id)
     .bind(tenant)
+    .bind(after)
+    .bind(limit)
     .fetch_all(pool)
     .await?;
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
     let attempts = sqlx::query_as::<_, AttemptRow>(
         "SELECT a.lease_token, a.job_id, a.attempt, a.agent_id, a.started_at, a.finished_at, \
              a.outcome, a.exit_code, a.duration_ms, a.error, \
-             CASE WHEN $3 THEN a.output_tail END AS output_tail, a.metrics \
+             CASE WHEN $2 THEN a.output_tail END AS output_tail, a.metrics \
          FROM attempts a JOIN jobs j ON j.id = a.job_id \
-         WHERE j.batch_id = $1 AND ($2::text IS NULL OR j.tenant_id = $2) \
+         WHERE a.job_id = ANY($1) \
          ORDER BY j.position, a.started_at",
     )
-    .bind(batch_id)
-    .bind(tenant)
+    .bind(&ids)
     .bind(with_output)
     .fetch_all(pool)
     .await?;

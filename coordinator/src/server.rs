@@ -95,6 +95,10 @@ pub struct Coordinator {
 impl Coordinator {
     /// Binds the listen address, connects to PostgreSQL and applies migrations.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
+        config.timing.check()?;
+        if config.max_connections == 0 {
+            return Err("--db-connections must be at least 1".into());
+        }
         // Bad certificate files are found before anything else starts.
         let tls = config
             .tls

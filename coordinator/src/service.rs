@@ -41,6 +41,31 @@ pub struct Timing {
     pub timeout_margin: Duration,
 }
 
+impl Timing {
+    /// Refuses settings that would quietly break the queue (a reaper that
+    /// never runs, leases that expire as they are handed out).
+    pub fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("--lease-ttl", self.lease_ttl),
+            ("--reap-interval", self.reap_interval),
+            ("poll interval", self.poll_interval),
+            ("fallback poll interval", self.fallback_poll_interval),
+        ];
+        for (name, value) in positive {
+            if value.is_zero() {
+                return Err(format!("{name} must be more than zero"));
+            }
+        }
+        if self.lease_ttl < Duration::from_millis(100) {
+            return Err(format!(
+                "--lease-ttl {:?} is too short for agents to heartbeat in time (at least 100ms)",
+                self.lease_ttl
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Timing {
     fn default() -> Self {
         Timing {
@@ -90,8 +115,9 @@ fn status(e: QueueError) -> Status {
         QueueError::BatchExists(id) => {
             Status::already_exists(format!("job_id: batch {id} already exists"))
         }
+        // Another tenant's batch behaves as no batch at all.
         QueueError::BatchOfOtherTenant(id) => {
-            Status::failed_precondition(format!("job.job_id: batch {id} belongs to another tenant"))
+            Status::not_found(format!("job.job_id: no batch {id} in this tenant"))
         }
         QueueError::Database(e) => {
             if is_transient(&e) {
@@ -348,33 +374,53 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<GetBatchResponse>, Status> {
         let who = caller(&request)?;
         who.require("GetBatch", &[Role::Operator])?;
-        let batch = validate::uuid("job_id", &request.get_ref().job_id)?;
-        let (jobs, attempts) = queue::get_batch(
-            &self.pool,
-            batch,
-            who.visible_tenant(),
-            !request.get_ref().omit_output,
-        )
-        .await
-        .map_err(status)?;
-        if jobs.is_empty() {
+        let req = request.get_ref();
+        let batch = validate::uuid("job_id", &req.job_id)?;
+        let (after, limit) = validate::page(req)?;
+        let tenant = who.visible_tenant();
+        let by_state = queue::batch_counts(&self.pool, batch, tenant)
+            .await
+            .map_err(status)?;
+        if by_state.is_empty() {
             return Err(Status::not_found(format!("job_id: no batch {batch}")));
         }
         let mut counts = proto::StateCounts::default();
+        for (state, n) in by_state {
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            match state_of(&state) {
+                JobState::Queued => counts.queued = n,
+                JobState::Running => counts.running = n,
+                JobState::Passed => counts.passed = n,
+                JobState::Failed => counts.failed = n,
+                JobState::Errored => counts.errored = n,
+                JobState::Cancelled => counts.cancelled = n,
+                JobState::Unspecified => {}
+            }
+        }
+        // One row more than the page, to know whether another page follows.
+        let (mut jobs, attempts) = queue::get_batch(
+            &self.pool,
+            batch,
+            tenant,
+            !req.omit_output,
+            after,
+            limit + 1,
+        )
+        .await
+        .map_err(status)?;
+        let next_page_token = if jobs.len() as i64 > limit {
+            jobs.truncate(limit as usize);
+            jobs.last()
+                .map(|j| j.position.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         let mut attempts = attempts.into_iter().peekable();
         let jobs = jobs
             .iter()
             .map(|j| {
                 let state = state_of(&j.state);
-                match state {
-                    JobState::Queued => counts.queued += 1,
-                    JobState::Running => counts.running += 1,
-                    JobState::Passed => counts.passed += 1,
-                    JobState::Failed => counts.failed += 1,
-                    JobState::Errored => counts.errored += 1,
-                    JobState::Cancelled => counts.cancelled += 1,
-                    JobState::Unspecified => {}
-                }
                 // Attempts come ordered by job position, like the jobs.
                 let mut mine = Vec::new();
                 while let Some(a) = attempts.next_if(|a| a.job_id == j.id) {
@@ -404,6 +450,7 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
             job_id: batch.to_string(),
             jobs,
             counts: Some(counts),
+            next_page_token,
         }))
     }
 

@@ -42,6 +42,14 @@ fn too_big(field: &str, why: impl std::fmt::Display) -> Status {
     Status::resource_exhausted(format!("{field}: {why}"))
 }
 
+/// Formatting characters that make text display as something else: bidi
+/// overrides and isolates, line and paragraph separators, zero-width
+/// characters and the byte order mark.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
+}
+
 /// Characters an identifier may hold: letters, digits and `-_.:/@+=`, so ids
 /// are safe in namespaces, file names, logs and shell scripts alike.
 fn is_id_char(c: char) -> bool {
@@ -83,6 +91,13 @@ fn ident(field: &str, value: &str, required: bool) -> Result<String, Status> {
             format!("{c:?} is not allowed: use letters, digits and - _ . : / @ + ="),
         ));
     }
+    // Not an option (`-rf`), not a path that climbs (`..`, `/x`).
+    if !value.starts_with(|c: char| c.is_ascii_alphanumeric()) || value.contains("..") {
+        return Err(invalid(
+            field,
+            "must start with a letter or digit and must not contain \"..\"",
+        ));
+    }
     Ok(value.to_string())
 }
 
@@ -91,8 +106,14 @@ fn text(field: &str, value: &str) -> Result<String, Status> {
     if value.len() > MAX_TEXT_LEN {
         return Err(invalid(field, format!("longer than {MAX_TEXT_LEN} bytes")));
     }
-    if value.chars().any(|c| c.is_control() && c != '\t') {
-        return Err(invalid(field, "contains control characters"));
+    if value
+        .chars()
+        .any(|c| (c.is_control() && c != '\t') || is_invisible(c))
+    {
+        return Err(invalid(
+            field,
+            "contains control or invisible formatting characters",
+        ));
     }
     Ok(value.to_string())
 }
@@ -237,6 +258,34 @@ pub fn enqueue_batch(
     args.tenant_id = tenant("tenant_id", &req.tenant_id)?;
     args.parallel = parallel("parallel", req.parallel)?;
     Ok((batch, args, scenarios))
+}
+
+/// Jobs per GetBatch page by default, and at most.
+pub const MAX_PAGE: u32 = 1000;
+/// Jobs per GetBatch page at most when output tails are included.
+pub const MAX_PAGE_WITH_OUTPUT: u32 = 100;
+
+/// A `GetBatch` page: (the position to start after, how many jobs).
+pub fn page(req: &proto::GetBatchRequest) -> Result<(i32, i64), Status> {
+    let after = if req.page_token.is_empty() {
+        -1
+    } else {
+        req.page_token
+            .parse::<i32>()
+            .ok()
+            .filter(|p| *p >= 0)
+            .ok_or_else(|| invalid("page_token", "is not a token from a previous reply"))?
+    };
+    let max = if req.omit_output {
+        MAX_PAGE
+    } else {
+        MAX_PAGE_WITH_OUTPUT
+    };
+    let size = match req.page_size {
+        0 => max,
+        n => n.min(max),
+    };
+    Ok((after, i64::from(size)))
 }
 
 /// A `Lease` request: agent id, slots (sorted, deduplicated) and tenant filter.

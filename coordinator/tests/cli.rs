@@ -41,6 +41,38 @@ fn an_unreachable_database_is_reported_not_waited_for() {
 }
 
 #[test]
+fn settings_that_would_break_the_queue_are_refused() {
+    for (flag, value, says) in [
+        (
+            "--reap-interval",
+            "0s",
+            "--reap-interval must be more than zero",
+        ),
+        ("--lease-ttl", "0s", "--lease-ttl must be more than zero"),
+        ("--lease-ttl", "10ms", "too short"),
+        (
+            "--db-connections",
+            "0",
+            "--db-connections must be at least 1",
+        ),
+    ] {
+        let out = coordinator()
+            .args([
+                "--database-url",
+                "postgres://x/y",
+                "--insecure-no-auth",
+                flag,
+                value,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{flag} {value}: {err}");
+    }
+}
+
+#[test]
 fn a_bad_flag_value_names_the_flag() {
     let out = coordinator()
         .args(["--database-url", "postgres://x/y", "--lease-ttl", "soon"])

@@ -266,7 +266,7 @@ async fn tenants_are_isolated_and_the_tenant_comes_from_the_credential() {
             }),
         })
         .await;
-    assert_eq!(code(append), Code::FailedPrecondition);
+    assert_eq!(code(append), Code::NotFound);
 
     // A's agent never leases B's job, not even by asking for tenant B.
     assert!(

@@ -47,6 +47,9 @@ async fn every_invalid_request_is_refused_naming_the_field_and_nothing_is_writte
         ("scenario_ids[1]", batch(&["a", ""], 2)),
         ("scenario_ids[0]", batch(&["bad\0id"], 1)),
         ("scenario_ids[0]", batch(&[" padded"], 1)),
+        ("scenario_ids[0]", batch(&["-rf"], 1)),
+        ("scenario_ids[1]", batch(&["ok", "../../etc"], 2)),
+        ("scenario_ids[0]", batch(&["/abs"], 1)),
         ("job_id", with(|r| r.job_id = "not-a-uuid".into())),
         (
             "shared.model",
@@ -74,6 +77,10 @@ async fn every_invalid_request_is_refused_naming_the_field_and_nothing_is_writte
             with(|r| r.shared.as_mut().unwrap().parallel = 4),
         ),
         ("tenant_id", with(|r| r.tenant_id = "a\nb".into())),
+        (
+            "shared.skill_file",
+            with(|r| r.shared.as_mut().unwrap().skill_file = "fix\u{202E}dm.exe".into()),
+        ),
         (
             "shared.model",
             with(|r| r.shared.as_mut().unwrap().model = "m".repeat(300)),
@@ -285,7 +292,7 @@ async fn single_enqueue_appends_to_a_batch_of_its_tenant_only() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
     assert_eq!(snapshot(&app.pool).await, before);
     let batch = c
         .get_batch(GetBatchRequest {
@@ -302,4 +309,97 @@ async fn single_enqueue_appends_to_a_batch_of_its_tenant_only() {
         .collect();
     assert_eq!(names, ["one", "two"]);
     assert_eq!(batch.jobs[1].position, 1);
+}
+
+#[tokio::test]
+async fn a_large_batch_is_read_in_pages_with_counts_over_the_whole_batch() {
+    let app = spawn_app().await;
+    let mut c = app.client().await;
+    let scenarios: Vec<String> = (0..2500).map(|i| format!("s{i}")).collect();
+    let refs: Vec<&str> = scenarios.iter().map(String::as_str).collect();
+    let batch_id = c
+        .enqueue_batch(batch(&refs, 4))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let l = c
+        .lease(lease_req("a", &[0], 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    c.complete(complete_req(&l.lease_token, benchq::proto::Outcome::Passed))
+        .await
+        .unwrap();
+
+    let mut token = String::new();
+    let mut positions = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = c
+            .get_batch(GetBatchRequest {
+                job_id: batch_id.clone(),
+                omit_output: true,
+                page_size: 0,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        let counts = page.counts.unwrap();
+        assert_eq!(
+            (counts.queued, counts.passed),
+            (2499, 1),
+            "counts cover the whole batch"
+        );
+        positions.extend(page.jobs.iter().map(|j| j.position));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(pages, 3, "1,000 jobs a page");
+    assert_eq!(
+        positions,
+        (0..2500).collect::<Vec<_>>(),
+        "every job once, in order"
+    );
+
+    // With output tails, pages are smaller; a bad token is refused.
+    let page = c
+        .get_batch(GetBatchRequest {
+            job_id: batch_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.jobs.len(), 100);
+    let e = c
+        .get_batch(GetBatchRequest {
+            job_id: batch_id.clone(),
+            page_token: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("page_token:"));
+
+    // The CLI reads every page.
+    let (code, out, err) = crate::support::app::cli(&[
+        "--coordinator",
+        &app.url(),
+        "status",
+        &batch_id,
+        "--output",
+        "json",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["jobs"].as_array().unwrap().len(), 2500);
 }
