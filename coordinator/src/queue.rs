@@ -33,6 +33,9 @@ pub enum QueueError {
     BatchExists(Uuid),
     /// The batch belongs to another tenant.
     BatchOfOtherTenant(Uuid),
+    /// Too many concurrent writers raced for the same rows; nothing was
+    /// written and the caller may try again.
+    Contended,
     Database(sqlx::Error),
 }
 
@@ -53,6 +56,7 @@ impl std::fmt::Display for QueueError {
             QueueError::BatchOfOtherTenant(id) => {
                 write!(f, "batch {id} belongs to another tenant")
             }
+            QueueError::Contended => write!(f, "too many concurrent writers; try again"),
             QueueError::Database(e) => write!(f, "database error: {e}"),
         }
     }
@@ -283,9 +287,7 @@ pub async fn enqueue(pool: &PgPool, batch_id: Uuid, args: &JobArgs) -> Result<Uu
         tx.commit().await?;
         return Ok(id);
     }
-    Err(QueueError::Database(sqlx::Error::Protocol(
-        "too many concurrent appends to one batch".into(),
-    )))
+    Err(QueueError::Contended)
 }
 
 /// Wakes every coordinator's waiting Leases once the transaction commits.

@@ -119,6 +119,7 @@ fn status(e: QueueError) -> Status {
         QueueError::BatchOfOtherTenant(id) => {
             Status::not_found(format!("job.job_id: no batch {id} in this tenant"))
         }
+        QueueError::Contended => Status::unavailable("too many concurrent writers; try again"),
         QueueError::Database(e) => {
             if is_transient(&e) {
                 tracing::warn!("database unavailable: {e}");
