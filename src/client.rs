@@ -171,9 +171,18 @@ pub fn endpoint(opts: impl Into<ClientOptions>) -> Result<Endpoint, ConnectError
                 read("--client-key", key)?,
             ));
         }
-        ep = ep
-            .tls_config(config)
-            .map_err(|e| err(format!("TLS settings: {}", source_chain(&e))))?;
+        ep = ep.tls_config(config).map_err(|e| {
+            let chain = source_chain(&e);
+            err(match &opts.client_cert {
+                // Nothing was contacted yet: the local files are the problem.
+                Some(cert) => format!(
+                    "--client-cert {} / --client-key cannot be used (they must be a PEM X.509 v3 \
+                     certificate and its private key): {chain}",
+                    cert.display()
+                ),
+                None => format!("--ca-cert cannot be used: {chain}"),
+            })
+        })?;
     }
     Ok(ep
         .connect_timeout(Duration::from_secs(5))

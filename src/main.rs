@@ -41,6 +41,10 @@ enum Command {
         batch_id: String,
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// Also show the tail of each unsuccessful attempt's output (in JSON:
+        /// of every attempt).
+        #[arg(long)]
+        with_output: bool,
     },
     /// Cancel a batch or a single job: queued jobs are cancelled at once,
     /// running ones are stopped by their agents and end `cancelled`.
@@ -50,6 +54,7 @@ enum Command {
     },
     /// Wait until no job of a batch is queued or running, then show it like `status`.
     Wait {
+        /// The batch id printed by `enqueue`.
         batch_id: String,
         /// Give up after this long (e.g. 30s, 10m, 2h).
         #[arg(long, default_value = "24h", value_parser = benchq::duration::parse)]
@@ -80,20 +85,29 @@ struct EnqueueArgs {
     /// The batch id to use (a UUID); generated when absent.
     #[arg(long)]
     job_id: Option<String>,
+    /// The tenant (team) the batch belongs to; with a token, the token's tenant.
     #[arg(long, env = "BENCHQ_TENANT", default_value = "")]
     tenant: String,
+    /// The model the agent under test runs on.
     #[arg(long)]
     model: String,
+    /// The model's provider.
     #[arg(long)]
     provider: String,
+    /// The MCP server the agent under test uses.
     #[arg(long, default_value = "")]
     mcp_server: String,
+    /// The tool server the agent under test uses…
     #[arg(long, default_value = "")]
     tool_server: String,
+    /// …and its version.
     #[arg(long, default_value = "")]
     tool_server_version: String,
+    /// The skill file given to the agent under test (a label passed to the
+    /// runner; benchq does not read it).
     #[arg(long, default_value = "")]
     skill_file: String,
+    /// The skill's id, version, source and SHA-256 (passed to the runner).
     #[arg(long, default_value = "")]
     skill_id: String,
     #[arg(long, default_value = "")]
@@ -102,9 +116,9 @@ struct EnqueueArgs {
     skill_source: String,
     #[arg(long, default_value = "")]
     skill_sha256: String,
-    /// Attempts per job before an infra error is final (default 2).
-    #[arg(long, default_value_t = 0)]
-    max_attempts: i32,
+    /// Attempts per job before an infra error is final [default: 2].
+    #[arg(long)]
+    max_attempts: Option<i32>,
     /// How long one attempt may run before it is stopped and retried as an
     /// infra error (e.g. 90s, 45m, 2h; default 1h).
     #[arg(long, value_parser = benchq::duration::parse)]
@@ -143,11 +157,15 @@ async fn run(cli: Cli) -> CliResult<ExitCode> {
                 .into_inner();
             println!("{}", reply.job_id);
         }
-        Command::Status { batch_id, output } => {
+        Command::Status {
+            batch_id,
+            output,
+            with_output,
+        } => {
             let mut c = client::connect(cli.connect.options(&cli.coordinator))
                 .await
                 .map_err(|e| e.to_string())?;
-            let batch = get_batch(&url, &mut c, &batch_id).await?;
+            let batch = get_batch(&url, &mut c, &batch_id, with_output).await?;
             show(&batch, output)?;
         }
         Command::Cancel { id } => {
@@ -188,7 +206,7 @@ async fn run(cli: Cli) -> CliResult<ExitCode> {
                 let counts = batch_counts(&url, &mut c, &batch_id).await?;
                 let done = counts.queued == 0 && counts.running == 0;
                 if done || tokio::time::Instant::now() >= deadline {
-                    show(&get_batch(&url, &mut c, &batch_id).await?, output)?;
+                    show(&get_batch(&url, &mut c, &batch_id, false).await?, output)?;
                     if done {
                         break;
                     }
@@ -225,7 +243,7 @@ fn enqueue_request(a: EnqueueArgs) -> CliResult<proto::EnqueueBatchRequest> {
             skill_version: a.skill_version,
             skill_source: a.skill_source,
             skill_sha256: a.skill_sha256,
-            max_attempts: a.max_attempts,
+            max_attempts: a.max_attempts.unwrap_or(0),
             timeout_seconds: match a.timeout {
                 None => 0,
                 Some(t) if t.as_secs() == 0 => return Err("--timeout: must be at least 1s".into()),
@@ -262,6 +280,7 @@ async fn get_batch(
     url: &str,
     c: &mut client::Client,
     batch_id: &str,
+    with_output: bool,
 ) -> CliResult<proto::GetBatchResponse> {
     // Page through the batch; counts come with every page.
     let mut page_token = String::new();
@@ -270,7 +289,7 @@ async fn get_batch(
         let page = c
             .get_batch(proto::GetBatchRequest {
                 job_id: batch_id.to_string(),
-                omit_output: true,
+                omit_output: !with_output,
                 page_size: 0,
                 page_token,
             })
@@ -321,7 +340,12 @@ fn describe(url: &str, s: &tonic::Status) -> String {
         Code::AlreadyExists => "already exists",
         Code::FailedPrecondition => "refused",
         Code::Unavailable => "coordinator unavailable",
-        Code::Unauthenticated => "not authenticated",
+        Code::Unauthenticated => {
+            return format!(
+                "not authenticated: {} (pass --token or set BENCHQ_TOKEN)",
+                s.message()
+            );
+        }
         Code::PermissionDenied => "permission denied",
         _ => "error",
     };
@@ -415,6 +439,21 @@ fn write_table(out: &mut impl Write, batch: &proto::GetBatchResponse) -> std::io
     for r in &rows {
         line(out, &r.each_ref().map(String::as_str))?;
     }
+    // With --with-output: the end of what each unsuccessful attempt printed.
+    for j in &batch.jobs {
+        let scenario = j.spec.as_ref().map_or("", |s| s.scenario_id.as_str());
+        for a in &j.attempts {
+            if a.output_tail.is_empty() || a.outcome == Outcome::Passed as i32 {
+                continue;
+            }
+            let outcome = outcome_name(a.outcome).unwrap_or("running");
+            writeln!(out, "\n--- {scenario}, attempt {} ({outcome}) ---", a.attempt)?;
+            let lines: Vec<&str> = a.output_tail.lines().collect();
+            for l in &lines[lines.len().saturating_sub(20)..] {
+                writeln!(out, "{l}")?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -478,6 +517,14 @@ struct JobJson {
     tenant_id: String,
     model: String,
     provider: String,
+    mcp_server: String,
+    tool_server: String,
+    tool_server_version: String,
+    skill_file: String,
+    skill_id: String,
+    skill_version: String,
+    skill_source: String,
+    skill_sha256: String,
     namespace_slot: i32,
     namespace: String,
     parallel: i32,
@@ -504,6 +551,8 @@ struct AttemptJson {
     duration_ms: u64,
     error: String,
     metrics: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_tail: Option<String>,
 }
 
 impl From<&proto::GetBatchResponse> for BatchJson {
@@ -532,6 +581,14 @@ impl From<&proto::GetBatchResponse> for BatchJson {
                         tenant_id: spec.tenant_id,
                         model: spec.model,
                         provider: spec.provider,
+                        mcp_server: spec.mcp_server,
+                        tool_server: spec.tool_server,
+                        tool_server_version: spec.tool_server_version,
+                        skill_file: spec.skill_file,
+                        skill_id: spec.skill_id,
+                        skill_version: spec.skill_version,
+                        skill_source: spec.skill_source,
+                        skill_sha256: spec.skill_sha256,
                         namespace_slot: spec.namespace_slot,
                         parallel: spec.parallel,
                         state: state_name(j.state),
@@ -556,6 +613,8 @@ impl From<&proto::GetBatchResponse> for BatchJson {
                                 duration_ms: a.duration_ms,
                                 error: a.error.clone(),
                                 metrics: serde_json::from_str(&a.metrics_json).ok(),
+                                output_tail: (!a.output_tail.is_empty())
+                                    .then(|| a.output_tail.clone()),
                             })
                             .collect(),
                     }

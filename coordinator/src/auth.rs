@@ -91,6 +91,13 @@ impl Identity {
     /// (or the default) for admins.
     pub fn tenant_for(&self, field: &str, requested: &str) -> Result<String, Status> {
         if self.role == Role::Admin {
+            if requested.is_empty() && !self.name.is_empty() {
+                // An admin acts for every tenant, so it must say which one:
+                // a job put in a tenant no agent serves would wait forever.
+                return Err(Status::invalid_argument(format!(
+                    "{field}: an admin credential must name the tenant"
+                )));
+            }
             return Ok(if requested.is_empty() {
                 crate::validate::DEFAULT_TENANT.to_string()
             } else {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use benchq::proto::coordinator_server::CoordinatorServer;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -90,6 +90,14 @@ pub struct Coordinator {
     timing: Timing,
     auth: Arc<Auth>,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    tls_mode: TlsMode,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum TlsMode {
+    Plain,
+    Tls,
+    Mutual,
 }
 
 impl Coordinator {
@@ -118,6 +126,11 @@ impl Coordinator {
             timing: config.timing,
             auth: config.auth,
             tls,
+            tls_mode: match &config.tls {
+                None => TlsMode::Plain,
+                Some(t) if t.client_ca.is_some() => TlsMode::Mutual,
+                Some(_) => TlsMode::Tls,
+            },
         })
     }
 
@@ -177,7 +190,15 @@ impl Coordinator {
                 .tls_config(tls)
                 .map_err(|e| format!("TLS configuration: {e}"))?;
         }
-        tracing::info!(%addr, "benchq-coordinator ready on {addr}");
+        let security = match (self.tls_mode, self.auth.is_enabled()) {
+            (TlsMode::Plain, false) => "plaintext, no authentication",
+            (TlsMode::Plain, true) => "plaintext, tokens",
+            (TlsMode::Tls, false) => "TLS, no authentication",
+            (TlsMode::Tls, true) => "TLS, tokens",
+            (TlsMode::Mutual, false) => "mutual TLS, no authentication",
+            (TlsMode::Mutual, true) => "mutual TLS, tokens",
+        };
+        tracing::info!(%addr, "benchq-coordinator ready on {addr} ({security})");
         let stopping = {
             let shutdown = shutdown.clone();
             let health = health.clone();
@@ -217,10 +238,36 @@ impl Coordinator {
 /// A pool to `url` that fails fast when PostgreSQL is down rather than
 /// holding requests for long.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, BoxError> {
+    use sqlx::ConnectOptions;
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|e| format!("--database-url is not a PostgreSQL URL: {e}"))?;
+    let place = format!(
+        "{}@{}:{}/{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("")
+    );
+    // One connection first: its error says what is wrong ("connection
+    // refused", "role does not exist"); the pool's would only say it timed out.
+    options
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to PostgreSQL at {place}: {}", plain(&e)))?;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
+        .connect_with(options)
         .await
-        .map_err(|e| format!("cannot connect to PostgreSQL: {e}").into())
+        .map_err(|e| format!("cannot connect to PostgreSQL at {place}: {}", plain(&e)).into())
+}
+
+/// A database error without sqlx's "error returned from database" wrapping
+/// and source positions.
+fn plain(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_string(),
+        other => other.to_string(),
+    }
 }

@@ -362,7 +362,7 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         let state = queue::complete(&self.pool, &who.name, token, &report)
             .await
             .map_err(status)?;
-        tracing::info!(%token, outcome = report.outcome, %state, "completed lease");
+        tracing::info!(outcome = report.outcome, %state, "completed lease");
         Ok(Response::new(CompleteResponse {
             state: state_of(&state) as i32,
         }))

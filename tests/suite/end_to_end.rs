@@ -171,6 +171,14 @@ async fn a_batch_runs_end_to_end_on_two_agents_with_the_retry_rule() {
     ] {
         assert!(table.contains(word), "status table lacks {word}:\n{table}");
     }
+    let (code, table, _) =
+        cli(&["--coordinator", &url, "status", &batch_id, "--with-output"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("--- broken-d, attempt 2 (ERROR) ---")
+            && table.contains("tool server unreachable"),
+        "the output of failed attempts is shown:\n{table}"
+    );
 
     for agent in &mut agents {
         let status = agent.terminate(Duration::from_secs(10)).await;
