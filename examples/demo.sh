@@ -267,7 +267,7 @@ coordinator=http://127.0.0.1:$coord_port
     --insecure-no-auth \
     </dev/null >"$tmp/coordinator.log" 2>&1 &
 echo $! >"$tmp/pids/coordinator"
-coordinator_ready() { grep -q ready "$tmp/coordinator.log" && tcp_open "$coord_port"; }
+coordinator_ready() { grep -qs ready "$tmp/coordinator.log" && tcp_open "$coord_port"; }
 wait_for "the coordinator" 30 "$(<"$tmp/pids/coordinator")" coordinator_ready
 say "coordinator ready: $coordinator"
 
