@@ -18,7 +18,7 @@ use crate::support::app::{
 
 /// A coordinator with tokens for two tenants, and the secrets by name.
 async fn app_with_tokens() -> (TestApp, BTreeMap<&'static str, String>) {
-    let dir = std::env::temp_dir().join(format!("benchq-tokens-{}", uuid::Uuid::new_v4()));
+    let dir = crate::support::app::test_dir().join(format!("tokens-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("tokens.json");
     let mut secrets = BTreeMap::new();

@@ -339,10 +339,27 @@ pub async fn state_counts(pool: &PgPool) -> std::collections::BTreeMap<String, i
         .collect()
 }
 
+/// A directory for this test process's files, removed when the process exits.
+pub fn test_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    extern "C" fn remove() {
+        if let Some(dir) = DIR.get() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("benchq-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("test dir");
+        // SAFETY: registering a plain `extern "C" fn` with no captured state.
+        unsafe { libc::atexit(remove) };
+        dir
+    })
+}
+
 /// Writes an executable shell script into a fresh temp dir and returns its path.
 pub fn script(name: &str, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("benchq-test-{}", uuid::Uuid::new_v4().simple()));
+    let dir = test_dir().join(uuid::Uuid::new_v4().simple().to_string());
     std::fs::create_dir_all(&dir).expect("script dir");
     let path = dir.join(name);
     std::fs::write(&path, format!("#!/bin/sh\n{body}")).expect("write script");
