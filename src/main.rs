@@ -447,7 +447,11 @@ fn write_table(out: &mut impl Write, batch: &proto::GetBatchResponse) -> std::io
                 continue;
             }
             let outcome = outcome_name(a.outcome).unwrap_or("running");
-            writeln!(out, "\n--- {scenario}, attempt {} ({outcome}) ---", a.attempt)?;
+            writeln!(
+                out,
+                "\n--- {scenario}, attempt {} ({outcome}) ---",
+                a.attempt
+            )?;
             let lines: Vec<&str> = a.output_tail.lines().collect();
             for l in &lines[lines.len().saturating_sub(20)..] {
                 writeln!(out, "{l}")?;

@@ -12,25 +12,65 @@
 //! token: once a heartbeat says the lease is gone, the job may already run
 //! elsewhere, so the agent stops its copy and keeps its result to itself.
 //!
+//! **The agent also fences itself.** The coordinator's refusal only arrives
+//! if the coordinator can be reached. An agent cut off from it (a network
+//! partition, a coordinator down for longer than a TTL) would otherwise run
+//! its job on while the coordinator's reaper takes the lease back and
+//! another agent starts the same job in the same namespace. So the heartbeat
+//! task keeps the time at which the last *acknowledged* heartbeat was *sent*
+//! (at first: when the lease arrived). The coordinator cannot let the lease
+//! expire less than one TTL after that instant, since it renewed the lease
+//! when it handled that heartbeat, which was later. Once half a TTL has
+//! passed without an acknowledgement, the agent stops the job
+//! ([`StopReason::ContactLost`]) and gives the runner at most a quarter of a
+//! TTL to end it (its own grace period, cut short by aborting the runner,
+//! which kills a [`crate::ProcessRunner`]'s processes). The job is then dead
+//! by three quarters of a TTL, before the lease can lapse. Why these fractions:
+//! - *Half a TTL* lets a job ride out short outages. Heartbeats go out every
+//!   third of a TTL and are retried quickly after a failure, so an outage is
+//!   survived when it ends within half a TTL of the last acknowledged
+//!   heartbeat: always when it is shorter than a sixth of a TTL, and up to
+//!   half a TTL when it starts just after a heartbeat.
+//! - *A quarter of a TTL* for the stop leaves the last quarter as a margin:
+//!   for the kill to land, for the lease's reply to have been in transit
+//!   (the lease's own instant is taken when its reply *arrives*: the
+//!   coordinator grants it as it replies, and a long poll makes the time the
+//!   request was sent useless), and for clocks that run at slightly
+//!   different rates.
+//!
+//! After fencing, the agent still tries to report `ERROR` (retried as an
+//! infrastructure error), for [`AgentConfig::interrupt_report_timeout`] at
+//! most; a refusal because the lease was taken back meanwhile is expected.
+//!
 //! The coordinator may come and go (deploys, failovers): every call is
 //! retried with backoff, and the agent logs an outage once rather than once
 //! per retry. Only an interrupted shutdown bounds that: an operator who asked
 //! the agent to stop now gets it to stop within the jobs' grace period plus
 //! [`AgentConfig::interrupt_report_timeout`], reachable coordinator or not.
+//! A coordinator that refuses the agent's credential (UNAUTHENTICATED,
+//! PERMISSION_DENIED) is not an outage: the agent drains and
+//! [`Agent::try_run`] returns [`AgentError::CredentialRefused`].
+//!
+//! Reports are made to fit what the coordinator accepts
+//! ([`benchq::report`]): metrics it could not store are dropped with a note,
+//! the error and the output tail are cut to their limits. Should the
+//! coordinator still refuse a report as invalid or too large, the agent sends
+//! the outcome alone, so that a result is never lost over its details.
 //!
 //! Every stop of a running job goes through one [`Stop`]: whoever stops it
 //! (the heartbeat task on a cancel request or a lost lease, the job's timer,
 //! the shutdown) records why, then cancels the runner; the reported outcome
 //! follows from the reason (see [`crate::stop`]).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use benchq::client::{Client, ConnectArgs, ConnectError, connect_lazy};
 use benchq::proto::{
     BusySlot, CompleteRequest, HeartbeatRequest, JobSpec, Lease, LeaseRequest, Outcome,
 };
+use benchq::report::{MAX_ERROR, MAX_OUTPUT_TAIL, check_metrics, keep_head, keep_tail};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
@@ -40,8 +80,7 @@ use crate::backoff::Backoff;
 use crate::job::LeasedJob;
 use crate::runner::{RunResult, Runner};
 use crate::shutdown::Shutdown;
-use crate::stop::{Stop, StopReason, settle};
-use crate::tail::{OUTPUT_TAIL_MAX, truncate_front};
+use crate::stop::{Stop, StopReason, seconds, settle};
 
 /// How much longer than the long-poll wait a Lease call may take before the
 /// agent gives up on it (the coordinator answers by the end of the wait).
@@ -56,6 +95,10 @@ const COMPLETE_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The heartbeat period when a lease names neither interval nor TTL.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// The first retry of a failed heartbeat; retries double up to the
+/// heartbeat period.
+const HEARTBEAT_RETRY: Duration = Duration::from_millis(100);
 
 /// A job's timeout when its spec says 0 (the coordinator's default too).
 pub(crate) const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -131,13 +174,23 @@ pub fn default_agent_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Why an agent could not be set up.
+/// Why an agent could not be set up, or could not go on.
 #[derive(Debug)]
 pub enum AgentError {
     /// The coordinator URL is not usable.
     Connect(ConnectError),
     /// The configuration makes no sense (no slots, a negative slot, no agent id).
     Config(String),
+    /// The coordinator refused this agent's credential (`UNAUTHENTICATED`:
+    /// no token, an unknown or revoked one; `PERMISSION_DENIED`: a token
+    /// without the agent role, or for another tenant). Retrying cannot help:
+    /// an operator has to fix the token.
+    CredentialRefused {
+        /// `Unauthenticated` or `PermissionDenied`.
+        code: Code,
+        /// What the coordinator said.
+        message: String,
+    },
 }
 
 impl std::fmt::Display for AgentError {
@@ -145,6 +198,10 @@ impl std::fmt::Display for AgentError {
         match self {
             AgentError::Connect(e) => e.fmt(f),
             AgentError::Config(msg) => write!(f, "invalid agent configuration: {msg}"),
+            AgentError::CredentialRefused { code, message } => write!(
+                f,
+                "the coordinator refused this agent's credential: {code:?}: {message}"
+            ),
         }
     }
 }
@@ -153,7 +210,7 @@ impl std::error::Error for AgentError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             AgentError::Connect(e) => Some(e),
-            AgentError::Config(_) => None,
+            AgentError::Config(_) | AgentError::CredentialRefused { .. } => None,
         }
     }
 }
@@ -172,6 +229,9 @@ pub struct Agent {
     /// Set while the coordinator is unreachable, so an outage is logged once
     /// by whichever worker notices first, and its end once.
     outage: AtomicBool,
+    /// Set when the coordinator refused the agent's credential: the first
+    /// worker to hear it logs it and drains the agent; `try_run` returns it.
+    refused: OnceLock<(Code, String)>,
 }
 
 impl Agent {
@@ -201,6 +261,7 @@ impl Agent {
             client,
             runner,
             outage: AtomicBool::new(false),
+            refused: OnceLock::new(),
         })
     }
 
@@ -220,8 +281,30 @@ impl Agent {
     ///
     /// A job leased by a long poll abandoned at that instant is not lost: its
     /// lease expires unheartbeated and the coordinator hands it out again.
+    ///
+    /// Also returns, after draining, when the coordinator refuses the agent's
+    /// credential; that was logged, and [`Agent::try_run`] tells it apart.
     pub async fn run(self, shutdown: impl Into<Shutdown>) {
-        let shutdown = shutdown.into();
+        // The refusal has been logged where it happened.
+        let _ = self.try_run(shutdown).await;
+    }
+
+    /// [`Agent::run`], saying why it returned: `Ok` when `shutdown` asked
+    /// for it.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::CredentialRefused`] when the coordinator refused a
+    /// Lease with `UNAUTHENTICATED` or `PERMISSION_DENIED`: the agent then
+    /// takes no more jobs, lets the running ones finish (a refused heartbeat
+    /// stops them) and returns, rather than retrying forever with a
+    /// credential that cannot work. `shutdown` is left as it was.
+    pub async fn try_run(self, shutdown: impl Into<Shutdown>) -> Result<(), AgentError> {
+        let outer = shutdown.into();
+        // The agent drains itself on a refused credential without touching
+        // the caller's drain token; an interrupt (the caller's or the drain
+        // timeout's) goes through the caller's handle as before.
+        let shutdown = Shutdown::from_tokens(outer.drain.child_token(), outer.interrupt.clone());
         info!(
             "agent {} serving slots {:?} of {}",
             self.config.agent_id, self.config.slots, self.config.coordinator
@@ -241,10 +324,21 @@ impl Agent {
                 error!("a slot worker died: {e}");
             }
         }
+        if let Some((code, message)) = agent.refused.get() {
+            info!(
+                "agent {} stopped: every slot drained after its credential was refused",
+                agent.config.agent_id
+            );
+            return Err(AgentError::CredentialRefused {
+                code: *code,
+                message: message.clone(),
+            });
+        }
         info!(
             "agent {} stopped: every slot drained",
             agent.config.agent_id
         );
+        Ok(())
     }
 
     /// One slot's worker: lease, run, report, until shutdown.
@@ -275,7 +369,10 @@ impl Agent {
                     match reply.lease {
                         Some(lease) => {
                             busy.clear();
-                            self.run_lease(&mut client, slot, lease, &shutdown).await;
+                            // See the module docs: the lease's own instant.
+                            let arrived = Instant::now();
+                            self.run_lease(&mut client, slot, lease, arrived, &shutdown)
+                                .await;
                             continue;
                         }
                         None => {
@@ -285,6 +382,10 @@ impl Agent {
                             MIN_POLL_INTERVAL.saturating_sub(asked.elapsed())
                         }
                     }
+                }
+                Err(status) if refuses_credential(status.code()) => {
+                    self.credential_refused(&status, &shutdown);
+                    break;
                 }
                 Err(status) => {
                     self.lease_failed(&status);
@@ -300,8 +401,15 @@ impl Agent {
     }
 
     /// Runs one leased job to its end (or until it is stopped) and reports
-    /// it, unless the lease was lost.
-    async fn run_lease(&self, client: &mut Client, slot: i32, lease: Lease, shutdown: &Shutdown) {
+    /// it, unless the lease was lost. `arrived`: when the Lease reply came.
+    async fn run_lease(
+        &self,
+        client: &mut Client,
+        slot: i32,
+        lease: Lease,
+        arrived: Instant,
+        shutdown: &Shutdown,
+    ) {
         let job = LeasedJob::from(&lease);
         info!(
             "leased job {} scenario {} attempt {} on slot {} namespace {}",
@@ -312,12 +420,14 @@ impl Agent {
             job.namespace_display()
         );
         let timeout = job_timeout(&job.spec);
+        let timing = LeaseTiming::of(&lease);
         let stop = Arc::new(Stop::default());
         let stop_heartbeat = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat(
             client.clone(),
             lease.lease_token.clone(),
-            heartbeat_interval(&lease),
+            timing,
+            arrived,
             job.id.clone(),
             stop.clone(),
             stop_heartbeat.clone(),
@@ -336,7 +446,11 @@ impl Agent {
         let _abort_run_on_drop = AbortOnDrop(run.abort_handle());
         let time_is_up = tokio::time::sleep(timeout);
         tokio::pin!(time_is_up);
-        let (mut timed_out, mut interrupted) = (false, false);
+        // Armed once the job is fenced: when the runner must have returned.
+        let overdue = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(overdue);
+        let fenced = stop.fenced();
+        let (mut timed_out, mut interrupted, mut fencing) = (false, false, false);
         let joined = loop {
             tokio::select! {
                 joined = &mut run => break joined,
@@ -352,6 +466,26 @@ impl Agent {
                         info!("job {}: interrupted; stopping it", job.id);
                     }
                 }
+                _ = fenced.cancelled(), if !fencing => {
+                    fencing = true;
+                    overdue
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + timing.stop_within());
+                }
+                _ = &mut overdue, if fencing => {
+                    // Dropping a ProcessRunner's run kills its processes.
+                    run.abort();
+                    let limit = seconds(timing.stop_within());
+                    break match (&mut run).await {
+                        Err(e) if e.is_cancelled() => {
+                            warn!("job {}: the runner did not stop within {limit}; aborted it", job.id);
+                            Ok(RunResult::error(format!(
+                                "the runner did not stop within {limit}: aborted"
+                            )))
+                        }
+                        finished => finished,
+                    };
+                }
             }
         };
         // Read as the run returns: a stop asked for later found nothing to stop.
@@ -363,8 +497,9 @@ impl Agent {
         stop_heartbeat.cancel();
         let _ = heartbeat.await;
 
+        let measured = started.elapsed();
         if result.duration.is_zero() {
-            result.duration = started.elapsed();
+            result.duration = measured;
         }
         match result.outcome {
             Outcome::Unspecified => {
@@ -383,21 +518,23 @@ impl Agent {
             }
             _ => {}
         }
-        result.output_tail =
-            truncate_front(std::mem::take(&mut result.output_tail), OUTPUT_TAIL_MAX);
         let how = match stopped.filter(|_| !result.finished_on_its_own) {
             Some(reason) => format!("stopped ({})", reason.describe()),
             None => "finished".to_string(),
         };
         // A lease lost after the run returned also means: report nothing.
         let lease_lost = stop.reason() == Some(StopReason::LeaseLost);
-        let Some(result) = settle(result, stopped).filter(|_| !lease_lost) else {
+        let Some(mut result) = settle(result, stopped).filter(|_| !lease_lost) else {
             warn!(
                 "job {} scenario {} {how}: result not reported: lease lost",
                 job.id, job.spec.scenario_id
             );
             return;
         };
+        if let Some(note) = check_result_metrics(&mut result) {
+            warn!("job {}: {note}", job.id);
+        }
+        fit_limits(&mut result);
         let exit = match result.exit_code {
             Some(code) => format!("exit code {code}"),
             None => "no exit code".to_string(),
@@ -414,26 +551,52 @@ impl Agent {
             result.outcome.name(),
             result.duration
         );
-        self.report(client, &lease.lease_token, &job, result, shutdown)
-            .await;
+        // Out of contact, the lease is probably gone already: try for a
+        // short while only, as when interrupted.
+        let contact_lost =
+            matches!(stopped, Some(StopReason::ContactLost(_))) && !result.finished_on_its_own;
+        let patience = if contact_lost {
+            self.config.interrupt_report_timeout
+        } else {
+            self.config.report_timeout
+        };
+        let report = Report {
+            lease_token: &lease.lease_token,
+            job: &job,
+            measured,
+            patience,
+            contact_lost,
+        };
+        self.report(client, report, result, shutdown).await;
     }
 
     /// Sends the result, retrying through coordinator outages: Complete is
     /// idempotent per lease token, so a retry after a lost reply is harmless.
     ///
-    /// Gives up after [`AgentConfig::report_timeout`], or, once the agent is
-    /// interrupted, [`AgentConfig::interrupt_report_timeout`] after noticing
-    /// it (the lease then expires on the coordinator, which retries the job).
+    /// Gives up after `report.patience`, or, once the agent is interrupted,
+    /// [`AgentConfig::interrupt_report_timeout`] after noticing it (the lease
+    /// then expires on the coordinator, which retries the job).
+    ///
+    /// A report refused as invalid or too large (INVALID_ARGUMENT,
+    /// RESOURCE_EXHAUSTED, OUT_OF_RANGE) is sent again once, as its outcome,
+    /// exit code and the agent's own measure of the duration, with an error
+    /// saying what the coordinator refused: the outcome is what matters.
     async fn report(
         &self,
         client: &mut Client,
-        lease_token: &str,
-        job: &LeasedJob,
+        report: Report<'_>,
         result: RunResult,
         shutdown: &Shutdown,
     ) {
+        let Report {
+            lease_token,
+            job,
+            measured,
+            patience,
+            contact_lost,
+        } = report;
         let outcome = result.outcome;
-        let request = CompleteRequest {
+        let mut request = CompleteRequest {
             lease_token: lease_token.to_string(),
             outcome: outcome as i32,
             exit_code: result.exit_code,
@@ -442,8 +605,9 @@ impl Agent {
             output_tail: result.output_tail,
             metrics_json: result.metrics_json.unwrap_or_default(),
         };
+        let mut minimal = false;
         let began = Instant::now();
-        let mut give_up = began + self.config.report_timeout;
+        let mut give_up = began + patience;
         let mut hurried = false;
         let mut backoff = Backoff::default();
         let mut retrying = false;
@@ -477,6 +641,14 @@ impl Agent {
                 Err(status) => status,
             };
             match status.code() {
+                Code::FailedPrecondition if contact_lost => {
+                    info!(
+                        "job {}: result refused: the coordinator took the lease back meanwhile, as expected ({})",
+                        job.id,
+                        status.message()
+                    );
+                    return;
+                }
                 Code::FailedPrecondition => {
                     warn!(
                         "job {}: result refused: lease no longer held ({})",
@@ -485,18 +657,21 @@ impl Agent {
                     );
                     return;
                 }
-                Code::InvalidArgument => {
+                Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange if !minimal => {
                     error!(
-                        "job {}: result refused as invalid: {}",
+                        "job {}: the coordinator refused the full report ({}); sending the outcome alone",
                         job.id,
-                        status.message()
+                        status_text(&status)
                     );
-                    return;
+                    request = minimal_report(&request, status.message(), measured);
+                    minimal = true;
+                    continue;
                 }
                 code if !is_transient(code) => {
                     error!(
-                        "job {}: result refused: {code:?}: {}",
+                        "job {}: result refused{}: {code:?}: {}",
                         job.id,
+                        if minimal { " (the outcome alone)" } else { "" },
                         status.message()
                     );
                     return;
@@ -546,6 +721,22 @@ impl Agent {
         }
     }
 
+    /// A Lease refused for the credential: logged once, and the whole agent
+    /// drains (see [`Agent::try_run`]).
+    fn credential_refused(&self, status: &Status, shutdown: &Shutdown) {
+        if self
+            .refused
+            .set((status.code(), status.message().to_string()))
+            .is_ok()
+        {
+            error!(
+                "the coordinator refused this agent's credential: {}; taking no more jobs and stopping once the running ones are done (check the agent's token: it needs the agent role)",
+                status_text(status)
+            );
+        }
+        shutdown.drain.cancel();
+    }
+
     fn reachable(&self) {
         if self.outage.swap(false, Ordering::SeqCst) {
             info!("coordinator {} reachable again", self.config.coordinator);
@@ -553,37 +744,167 @@ impl Agent {
     }
 }
 
-/// Keeps a lease alive until `done`. A cancel request in a reply stops the
-/// job (reason: cancelled), and heartbeats go on while it stops. A
-/// FAILED_PRECONDITION reply means the lease is gone: the job is stopped
-/// (reason: lease lost, so nothing is reported). Any other failure is
-/// retried at the next tick: the lease lives for a few intervals, and a
-/// coordinator that is back in time still has it.
+/// What [`Agent::report`] needs besides the result.
+struct Report<'a> {
+    lease_token: &'a str,
+    job: &'a LeasedJob,
+    /// The agent's own measure of the run, for the minimal report.
+    measured: Duration,
+    /// How long to keep retrying.
+    patience: Duration,
+    /// The job was stopped for lost contact: a refusal for a lost lease is
+    /// expected.
+    contact_lost: bool,
+}
+
+/// The report sent when the coordinator refused the full one: the outcome
+/// and exit code, the agent's own measure of the duration, and why.
+fn minimal_report(full: &CompleteRequest, refusal: &str, measured: Duration) -> CompleteRequest {
+    let error = format!("the coordinator refused the full report: {refusal}");
+    CompleteRequest {
+        lease_token: full.lease_token.clone(),
+        outcome: full.outcome,
+        exit_code: full.exit_code,
+        duration_ms: u64::try_from(measured.as_millis()).unwrap_or(u64::MAX),
+        error: keep_head(&error, MAX_ERROR).to_string(),
+        output_tail: String::new(),
+        metrics_json: String::new(),
+    }
+}
+
+/// Drops metrics the coordinator could not store (whatever the runner), with
+/// a note at the end of the result's error, which is cut short if need be so
+/// that the note fits within [`MAX_ERROR`]; returns the note.
+fn check_result_metrics(result: &mut RunResult) -> Option<String> {
+    let metrics = result.metrics_json.take()?;
+    match check_metrics(&metrics) {
+        Ok(_) => {
+            result.metrics_json = Some(metrics);
+            None
+        }
+        Err(why) => {
+            let note = format!("metrics dropped: the runner's metrics_json {why}");
+            if !result.error.is_empty() {
+                let room = MAX_ERROR.saturating_sub(note.len() + 2);
+                if result.error.len() > room {
+                    result.error = keep_head(&result.error, room).to_string();
+                }
+                result.error.push_str("; ");
+            }
+            result.error.push_str(&note);
+            Some(note)
+        }
+    }
+}
+
+/// Cuts the error (keeping its start) and the output tail (keeping its end)
+/// to what a report may carry.
+fn fit_limits(result: &mut RunResult) {
+    if result.error.len() > MAX_ERROR {
+        result.error = keep_head(&result.error, MAX_ERROR).to_string();
+    }
+    if result.output_tail.len() > MAX_OUTPUT_TAIL {
+        result.output_tail = keep_tail(&result.output_tail, MAX_OUTPUT_TAIL).to_string();
+    }
+}
+
+/// How a lease must be kept alive, from the Lease reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LeaseTiming {
+    /// The heartbeat period.
+    every: Duration,
+    /// How long the coordinator keeps the lease without a heartbeat.
+    ttl: Duration,
+}
+
+impl LeaseTiming {
+    /// The lease's TTL (three heartbeat periods when it names none) and its
+    /// heartbeat interval, made at most a third of the TTL so that fencing
+    /// never fires between two heartbeats that get through.
+    fn of(lease: &Lease) -> Self {
+        let every = heartbeat_interval(lease);
+        let ttl = if lease.lease_ttl_ms > 0 {
+            Duration::from_millis(lease.lease_ttl_ms.into())
+        } else {
+            every * 3
+        };
+        LeaseTiming {
+            every: every.min(ttl / 3).max(Duration::from_millis(1)),
+            ttl,
+        }
+    }
+
+    /// How long without an acknowledged heartbeat before the agent stops the
+    /// job itself: half the TTL (see the module docs).
+    fn fence_after(&self) -> Duration {
+        self.ttl / 2
+    }
+
+    /// How long a fenced job may take to stop: a quarter of the TTL.
+    fn stop_within(&self) -> Duration {
+        self.ttl / 4
+    }
+}
+
+/// Keeps a lease alive until `done`; `since` is when the lease arrived.
+///
+/// A cancel request in a reply stops the job (reason: cancelled), and
+/// heartbeats go on while it stops. FAILED_PRECONDITION means the lease is
+/// gone, UNAUTHENTICATED or PERMISSION_DENIED that the agent's credential is
+/// (so the lease will be): either way the job is stopped at once (reason:
+/// lease lost, so nothing is reported). Any other failure is retried soon
+/// (from 100 ms, doubling up to the heartbeat period): a coordinator that is
+/// back in time still has the lease. But when no heartbeat has been
+/// acknowledged for half the TTL, counted from when the last acknowledged one
+/// was sent, the job is stopped for lost contact (see the module docs for why
+/// that bound).
 async fn heartbeat(
     mut client: Client,
     lease_token: String,
-    every: Duration,
+    timing: LeaseTiming,
+    since: Instant,
     job_id: String,
     stop: Arc<Stop>,
     done: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut acknowledged = tokio::time::Instant::from_std(since);
+    let mut next = acknowledged + timing.every;
+    let mut retry = Backoff::new(HEARTBEAT_RETRY, timing.every);
     let mut failing = false;
+    // Logged even when the job is already stopping for another reason (a
+    // cancel, say): from now on it gets a quarter of a TTL at most.
+    let fence = |acknowledged: tokio::time::Instant| {
+        let silent = acknowledged.elapsed();
+        error!(
+            "job {job_id}: no heartbeat acknowledged for {} (half the lease's {} TTL); stopping the job so that it cannot run twice once the coordinator takes the lease back",
+            seconds(silent),
+            seconds(timing.ttl)
+        );
+        stop.request(StopReason::ContactLost(silent));
+    };
     loop {
+        let deadline = acknowledged + timing.fence_after();
         tokio::select! {
+            biased;
             _ = done.cancelled() => return,
-            _ = ticks.tick() => {}
+            _ = tokio::time::sleep_until(deadline) => return fence(acknowledged),
+            _ = tokio::time::sleep_until(next) => {}
         }
         let request = HeartbeatRequest {
             lease_token: lease_token.clone(),
         };
+        let sent = tokio::time::Instant::now();
         let reply = tokio::select! {
+            biased;
             _ = done.cancelled() => return,
-            reply = with_timeout(every, client.heartbeat(request)) => reply,
+            _ = tokio::time::sleep_until(deadline) => return fence(acknowledged),
+            reply = with_timeout(timing.every, client.heartbeat(request)) => reply,
         };
         match reply {
             Ok(reply) => {
+                acknowledged = sent;
+                next = sent + timing.every;
+                retry.reset();
                 if failing {
                     info!("job {job_id}: heartbeats get through again");
                     failing = false;
@@ -600,7 +921,16 @@ async fn heartbeat(
                 stop.request(StopReason::LeaseLost);
                 return;
             }
+            Err(status) if refuses_credential(status.code()) => {
+                warn!(
+                    "job {job_id}: heartbeat refused: the coordinator no longer accepts this agent's credential ({}); the lease is lost: stopping the job",
+                    status_text(&status)
+                );
+                stop.request(StopReason::LeaseLost);
+                return;
+            }
             Err(status) => {
+                next = tokio::time::Instant::now() + retry.next_delay();
                 if failing {
                     debug!(
                         "job {job_id}: heartbeat failed again: {}",
@@ -608,8 +938,9 @@ async fn heartbeat(
                     );
                 } else {
                     warn!(
-                        "job {job_id}: heartbeat failed ({}); retrying at the next tick",
-                        status_text(&status)
+                        "job {job_id}: heartbeat failed ({}); retrying; the job is stopped if none gets through by {} after the last one",
+                        status_text(&status),
+                        seconds(timing.fence_after())
                     );
                     failing = true;
                 }
@@ -700,7 +1031,9 @@ fn heartbeat_interval(lease: &Lease) -> Duration {
 }
 
 /// Errors worth retrying: the coordinator (or the way to it) is down or
-/// overloaded, rather than refusing the request itself.
+/// overloaded, rather than refusing the request itself. Not
+/// RESOURCE_EXHAUSTED: the coordinator answers it for a field over its limit,
+/// which the same request would hit again.
 fn is_transient(code: Code) -> bool {
     matches!(
         code,
@@ -709,9 +1042,14 @@ fn is_transient(code: Code) -> bool {
             | Code::DeadlineExceeded
             | Code::Cancelled
             | Code::Aborted
-            | Code::ResourceExhausted
             | Code::Internal
     )
+}
+
+/// The coordinator refuses the caller, not the call: no token, an unknown or
+/// revoked one, or one without the agent role or for another tenant.
+fn refuses_credential(code: Code) -> bool {
+    matches!(code, Code::Unauthenticated | Code::PermissionDenied)
 }
 
 /// A gRPC call that gives up after `limit`: a half-open connection must not

@@ -26,9 +26,30 @@
 //!   Zombies still count as group members for `kill(2)`, so liveness checks
 //!   ([`group_alive`]) read `/proc` and ignore them: a stopped job whose
 //!   processes are all dead is reported at once, not after its grace period.
+//! - **Processes that leave the group** (`setsid`, `setpgid`: daemons, a
+//!   harness's "start the server in the background") escape a group kill.
+//!   Every process of a job carries a marker in its environment,
+//!   `BENCHQ_JOB_RUN=<random id>`, fresh for each run and inherited through
+//!   `setsid`, `fork` and `exec`. When a job ends, however it ends,
+//!   [`kill_leftovers`] kills its group, every process on the host carrying
+//!   its marker (found through `/proc/PID/environ`), and every descendant of
+//!   those, in rounds until none is left (a process may fork while it is
+//!   being killed). When the agent itself dies, the guard does the same by
+//!   marker (with `grep` over `/proc/*/environ`), after the group kill.
+//!
+//! What this does not cover, short of cgroups: a process that both leaves
+//! the job's group *and* drops the marker from its environment (`env -i`,
+//! `env -u BENCHQ_JOB_RUN`, or any exec with an environment of its own) and
+//! whose parent chain up to a marked process is broken (its parent died, so
+//! it was re-parented to the agent or to init); a process whose environment
+//! the agent may not read (another user's, e.g. after `sudo` or a setuid
+//! program); and, after a SIGKILL of the agent, descendants of marked
+//! processes that dropped the marker (the guard only matches the marker).
+//! Each of these needs a cgroup per job (systemd-run --scope, or a container
+//! per agent) to be contained for sure.
 
-use std::collections::BTreeSet;
-use std::io;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Read};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError, mpsc};
@@ -50,12 +71,33 @@ static SUBREAPER: AtomicBool = AtomicBool::new(false);
 /// How often the orphan reaper looks even without a SIGCHLD (signals coalesce).
 const REAP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The environment variable that marks every process of one run of a job.
+pub(crate) const RUN_MARKER_VAR: &str = "BENCHQ_JOB_RUN";
+
+/// At most this many rounds of looking for and killing a job's leftovers: a
+/// process forking as fast as it can is still caught after a few.
+const SWEEP_ROUNDS: usize = 10;
+
 /// The guard: ignores the signals an operator or a terminal might send, waits
 /// for end-of-file on its stdin (the agent never writes, so that is the
-/// agent's death, or the agent dropping the job), then kills group `$1`.
+/// agent's death, or the agent dropping the job), then kills group `$1`, and
+/// then every process whose environment holds `BENCHQ_JOB_RUN=$2` (in rounds,
+/// for processes forking meanwhile; a zombie's environment reads empty).
 /// dash's `kill` takes no `--`; `-$1` is read as a group because `-KILL`
 /// already named the signal.
-const GUARD_SCRIPT: &str = "trap '' HUP INT TERM QUIT; read -r line; kill -KILL -$1 2>/dev/null";
+const GUARD_SCRIPT: &str = r#"trap '' HUP INT TERM QUIT
+read -r line
+kill -KILL -$1 2>/dev/null
+[ -n "$2" ] || exit 0
+for round in 1 2 3 4 5 6 7 8 9 10; do
+  found=
+  for f in $(grep -lszxF "BENCHQ_JOB_RUN=$2" /proc/[0-9]*/environ); do
+    p=${f#/proc/}
+    kill -KILL "${p%/environ}" 2>/dev/null && found=1
+  done
+  [ -n "$found" ] || break
+done
+exit 0"#;
 
 /// A child spawned by this module, registered in [`OWNED`] until tokio has
 /// reaped it (after a successful [`OwnedChild::wait`], or once dropped: a
@@ -202,12 +244,21 @@ pub(crate) fn die_with_agent(command: &mut Command) {
     }
 }
 
-/// Starts the guard of process group `pgid` (see the module docs). Stop it
-/// with [`stop_guard`] once the group is dead; dropping it kills it too.
-pub(crate) async fn spawn_guard(pgid: i32) -> io::Result<OwnedChild> {
+/// Starts the guard of process group `pgid`, whose processes carry `marker`
+/// (see the module docs). Stop it with [`stop_guard`] once the job is over;
+/// dropping it kills it too.
+pub(crate) async fn spawn_guard(pgid: i32, marker: &str) -> io::Result<OwnedChild> {
     let mut command = Command::new("/bin/sh");
     command
-        .args(["-c", GUARD_SCRIPT, "benchq-guard", &pgid.to_string()])
+        .args([
+            "-c",
+            GUARD_SCRIPT,
+            "benchq-guard",
+            &pgid.to_string(),
+            marker,
+        ])
+        // Not the job's: the guard must not match its own marker.
+        .env_remove(RUN_MARKER_VAR)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -319,6 +370,120 @@ pub(crate) fn kill_group(pgid: i32, signal: libc::c_int) {
     unsafe {
         libc::kill(-pgid, signal);
     }
+}
+
+/// A fresh marker for one run of a job: 128 random bits in hex, so that no
+/// two runs on a host (of this agent or any other) share one.
+pub(crate) fn new_run_marker() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        // No /dev/urandom (a very bare chroot): unique enough on one host.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        bytes[..8].copy_from_slice(&nanos.to_le_bytes());
+        bytes[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    bytes[12..]
+        .iter_mut()
+        .zip(n.to_le_bytes())
+        .for_each(|(b, c)| *b ^= c);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Sends `signal` to what is running of a job: group `pgid`, and the
+/// processes outside it that carry `marker`, with their descendants.
+pub(crate) fn signal_job(marker: &str, pgid: Option<i32>, signal: libc::c_int) {
+    if let Some(pgid) = pgid {
+        kill_group(pgid, signal);
+    }
+    for pid in job_processes(marker, pgid) {
+        // SAFETY: kill(2) takes plain integers; job_processes never names
+        // this process, init or a process group.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+/// Kills everything left of a job (see the module docs): its group, the
+/// processes carrying its marker and their descendants, in rounds until
+/// none is found. Returns how many processes were killed.
+pub(crate) fn kill_leftovers(marker: &str, pgid: Option<i32>) -> usize {
+    let mut killed = BTreeSet::new();
+    for _ in 0..SWEEP_ROUNDS {
+        if let Some(pgid) = pgid {
+            kill_group(pgid, libc::SIGKILL);
+        }
+        let found = job_processes(marker, pgid);
+        if found.is_empty() {
+            break;
+        }
+        for pid in found {
+            // SAFETY: as in `signal_job`.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            killed.insert(pid);
+        }
+    }
+    killed.len()
+}
+
+/// The live processes of a job: members of group `pgid`, processes whose
+/// environment holds `BENCHQ_JOB_RUN=marker`, and descendants of either.
+/// Never this process or init. Zombies are left out: they are dead already.
+fn job_processes(marker: &str, pgid: Option<i32>) -> Vec<i32> {
+    // SAFETY: getpid is always safe.
+    let me = unsafe { libc::getpid() };
+    let Ok(stats) = proc_stats() else {
+        return Vec::new();
+    };
+    let needle = format!("{RUN_MARKER_VAR}={marker}");
+    let live: Vec<&ProcStat> = stats
+        .iter()
+        .filter(|p| !p.is_zombie() && p.pid > 1 && p.pid != me)
+        .collect();
+    let seeds: BTreeSet<i32> = live
+        .iter()
+        .filter(|p| {
+            pgid.is_some_and(|g| g > 1 && p.pgrp == g)
+                || (!marker.is_empty() && has_env(p.pid, needle.as_bytes()))
+        })
+        .map(|p| p.pid)
+        .collect();
+    if seeds.is_empty() {
+        return Vec::new();
+    }
+    let parents: BTreeMap<i32, i32> = stats.iter().map(|p| (p.pid, p.ppid)).collect();
+    live.iter()
+        .map(|p| p.pid)
+        .filter(|&pid| {
+            // Up the parent chain (bounded: pids are reused, chains are short).
+            let mut at = pid;
+            for _ in 0..64 {
+                if seeds.contains(&at) {
+                    return true;
+                }
+                match parents.get(&at) {
+                    Some(&parent) if parent > 1 && parent != me => at = parent,
+                    _ => return false,
+                }
+            }
+            false
+        })
+        .collect()
+}
+
+/// Whether `/proc/PID/environ` holds the entry `needle` (`NAME=value`).
+/// False when it cannot be read (gone, another user's).
+fn has_env(pid: i32, needle: &[u8]) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|entry| entry == needle))
 }
 
 /// The fields of `/proc/PID/stat` this module needs.
@@ -460,7 +625,7 @@ mod tests {
         command.arg("30").process_group(0).kill_on_drop(true);
         let mut job = spawn(command).await.unwrap();
         let pgid = job.id().unwrap() as i32;
-        let mut guard = spawn_guard(pgid).await.unwrap();
+        let mut guard = spawn_guard(pgid, "").await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(group_alive(pgid), "the guard acted too early");
         drop(guard.child_mut().stdin.take());
@@ -475,6 +640,96 @@ mod tests {
         assert!(guard.wait().await.unwrap().success());
     }
 
+    /// The guard also kills, by marker, a process of the job that left its
+    /// group, and nothing with another marker.
+    #[tokio::test]
+    async fn a_guard_kills_what_carries_its_marker() {
+        let marker = new_run_marker();
+        let other = new_run_marker();
+        assert_ne!(marker, other);
+        let mut leader = Command::new("sleep");
+        leader.arg("30").process_group(0).kill_on_drop(true);
+        let mut leader = spawn(leader).await.unwrap();
+        let pgid = leader.id().unwrap() as i32;
+        let daemon = |marker: &str| {
+            let mut command = Command::new("sleep");
+            command
+                .arg("31")
+                .env(RUN_MARKER_VAR, marker)
+                .process_group(0)
+                .kill_on_drop(true);
+            command
+        };
+        let mut marked = spawn(daemon(&marker)).await.unwrap();
+        let mut unrelated = spawn(daemon(&other)).await.unwrap();
+        let marked_pid = marked.id().unwrap() as i32;
+        assert!(job_processes(&marker, None).contains(&marked_pid));
+        let mut guard = spawn_guard(pgid, &marker).await.unwrap();
+        drop(guard.child_mut().stdin.take());
+        for child in [&mut leader, &mut marked] {
+            let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .expect("the guard killed it")
+                .unwrap();
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(libc::SIGKILL)
+            );
+        }
+        assert!(guard.wait().await.unwrap().success());
+        assert!(
+            group_alive(unrelated.id().unwrap() as i32),
+            "killed another job's process"
+        );
+        unrelated.child_mut().start_kill().unwrap();
+        let _ = unrelated.wait().await;
+    }
+
+    /// `kill_leftovers` takes the group, the marked processes and their
+    /// descendants, even descendants that dropped the marker.
+    #[tokio::test]
+    async fn leftovers_are_the_group_the_marked_and_their_descendants() {
+        let marker = new_run_marker();
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "env -u BENCHQ_JOB_RUN sleep 32 & echo $!; wait"])
+            .env(RUN_MARKER_VAR, &marker)
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        let mut marked = spawn(command).await.unwrap();
+        let mut out = tokio::io::BufReader::new(marked.child_mut().stdout.take().unwrap());
+        let mut line = String::new();
+        tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)
+            .await
+            .unwrap();
+        let unmarked_child: i32 = line.trim().parse().unwrap();
+        let found = job_processes(&marker, None);
+        assert!(found.contains(&(marked.id().unwrap() as i32)), "{found:?}");
+        assert!(found.contains(&unmarked_child), "{found:?}");
+        assert!(kill_leftovers(&marker, None) >= 2);
+        let status = marked.wait().await.unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        assert!(job_processes(&marker, None).is_empty());
+        let dead = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| parse_stat(&stat))
+                .is_none_or(|p| p.is_zombie())
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !dead(unmarked_child) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the unmarked descendant {unmarked_child} survived"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Stopping a guard never lets it kill: its group lives on.
     #[tokio::test]
     async fn a_stopped_guard_does_not_kill() {
@@ -482,7 +737,7 @@ mod tests {
         command.arg("30").process_group(0).kill_on_drop(true);
         let mut job = spawn(command).await.unwrap();
         let pgid = job.id().unwrap() as i32;
-        let guard = spawn_guard(pgid).await.unwrap();
+        let guard = spawn_guard(pgid, "").await.unwrap();
         stop_guard(guard).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(group_alive(pgid));

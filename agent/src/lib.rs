@@ -3,7 +3,10 @@
 //!
 //! The pieces, each in its own module:
 //! - [`Agent`] / [`AgentConfig`]: the loop that leases, heartbeats and reports,
-//!   one worker per slot; it stops jobs on cancel requests and timeouts.
+//!   one worker per slot; it stops jobs on cancel requests, timeouts, a lost
+//!   lease and lost contact with the coordinator (so that a job never runs
+//!   twice at once), and stops altogether ([`Agent::try_run`]) when the
+//!   coordinator refuses its credential.
 //! - [`Shutdown`]: drain (running jobs finish) or interrupt (running jobs are
 //!   stopped and go back to the queue).
 //! - [`Runner`]: what runs a job. [`ProcessRunner`] runs a child process per

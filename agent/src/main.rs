@@ -6,6 +6,9 @@
 //! jobs finish and are reported; exit 0). The second, or `--drain-timeout`
 //! passing, interrupts: running jobs are stopped (SIGTERM, `--grace`, SIGKILL)
 //! and reported INTERRUPTED, then the agent exits 0. A third exits at once.
+//!
+//! A coordinator that refuses the agent's credential (no token, a revoked
+//! one, one without the agent role) makes it drain and exit 1.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -125,6 +128,12 @@ async fn serve(cli: Cli) -> ExitCode {
     if let Some(dir) = cli.work_dir {
         runner = runner.with_work_dir(dir);
     }
+    // Directories of jobs a killed predecessor (same agent id) left behind.
+    match runner.remove_stale_job_dirs() {
+        Ok(0) => {}
+        Ok(n) => info!("removed {n} job directories left behind by a previous run of this agent"),
+        Err(e) => warn!("cannot look for stale job directories: {e}"),
+    }
     let mut config = AgentConfig::new(cli.coordinator, agent_id, cli.slots);
     config.tenant_id = cli.tenant.unwrap_or_default();
     config.connection = cli.connection;
@@ -151,7 +160,13 @@ async fn serve(cli: Cli) -> ExitCode {
     // Returning early drops every worker: the runners' guards kill the jobs'
     // process groups on the way out.
     tokio::select! {
-        _ = agent.run(shutdown.clone()) => ExitCode::SUCCESS,
+        served = agent.try_run(shutdown.clone()) => match served {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("exiting with code 1: {e}");
+                ExitCode::FAILURE
+            }
+        },
         _ = exit_now.cancelled() => {
             warn!("third signal: exiting now; running jobs are killed and not reported");
             ExitCode::from(130)

@@ -6,7 +6,9 @@
 //!   [`LeasedJob::env_vars`]) plus `BENCHQ_AGENT_ID`, and as one JSON file
 //!   named by `BENCHQ_JOB_FILE`;
 //! - it may write a JSON document to `BENCHQ_RESULT_FILE`, which becomes the
-//!   attempt's `metrics_json`;
+//!   attempt's `metrics_json` (when the coordinator could store it: see
+//!   [`benchq::report::check_metrics`]; otherwise it is dropped with a note in
+//!   the attempt's error);
 //! - its exit code is the verdict: 0 passed, a *failure* code (1 unless
 //!   configured) failed, anything else is an infrastructure error that the
 //!   coordinator retries.
@@ -15,7 +17,14 @@
 //! everything it started (a harness typically spawns the agent under test,
 //! which spawns tools, …): signals go to the whole group, and the group is
 //! killed once the child is gone, whatever happened — even when what happened
-//! is the agent's own death (see [`crate::children`]).
+//! is the agent's own death (see [`crate::children`]). Processes that leave
+//! the group (`setsid`) are found by the marker every process of the run
+//! inherits, `BENCHQ_JOB_RUN=<random id>`, and killed with it.
+//!
+//! Each run gets a directory `benchq-{agent id}-{job id}-{attempt}/` in the
+//! work directory, removed when the run ends. An agent killed outright
+//! leaves its directories behind; [`ProcessRunner::remove_stale_job_dirs`]
+//! removes them when the agent (same id) starts again.
 //!
 //! The runner only stops a job when asked to (its cancel token); *why* it was
 //! asked (an operator's cancel, a timeout, a shutdown, a lost lease) and what
@@ -36,14 +45,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::children::{self, OwnedChild, group_alive, kill_group};
+use crate::children::{self, OwnedChild, RUN_MARKER_VAR, group_alive, kill_group};
 use crate::job::LeasedJob;
 use crate::runner::{BoxFuture, RunResult, Runner};
 use crate::tail::Tail;
 
-/// Result files larger than this are dropped (with a note in `error`): the
-/// report has to fit in one gRPC message, next to the output tail.
-pub const METRICS_MAX: usize = 1024 * 1024;
+/// Result files larger than this are dropped (with a note in `error`). The
+/// same limit as [`benchq::report::MAX_METRICS`], which the coordinator
+/// enforces; kept under this name for existing users.
+pub const METRICS_MAX: usize = benchq::report::MAX_METRICS;
 
 /// How long to wait for the output pipes to close once the process group is
 /// dead. Only a process that left the group (`setsid`) can keep them open.
@@ -107,7 +117,7 @@ impl ProcessRunner {
         self
     }
 
-    /// Where the per-job directories (`benchq-{id}-{attempt}/`) are made.
+    /// Where the per-job directories (`benchq-{agent id}-{job id}-{attempt}/`) are made.
     pub fn with_work_dir(mut self, work_dir: impl Into<PathBuf>) -> Self {
         self.work_dir = work_dir.into();
         self
@@ -129,21 +139,87 @@ impl ProcessRunner {
     }
 
     /// The fresh directory holding `job.json` (and maybe `result.json`) for
-    /// one attempt. The id comes from the coordinator; it is still kept to
-    /// safe characters so that it can never name a path outside `work_dir`.
+    /// one attempt: `benchq-{agent id}-{job id}-{attempt}`, or
+    /// `benchq-{job id}-{attempt}` without an agent id. The ids are kept to
+    /// safe characters so that they can never name a path outside `work_dir`.
     fn job_dir(&self, job: &LeasedJob) -> PathBuf {
-        let id: String = job
-            .id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
+        self.work_dir.join(format!(
+            "{}{}-{}",
+            self.dir_prefix(),
+            path_safe(&job.id),
+            job.attempt
+        ))
+    }
+
+    /// `benchq-{agent id}-`, or `benchq-` without an agent id.
+    fn dir_prefix(&self) -> String {
+        if self.agent_id.is_empty() {
+            "benchq-".to_string()
+        } else {
+            format!("benchq-{}-", path_safe(&self.agent_id))
+        }
+    }
+
+    /// Removes the job directories a previous run of this agent left behind
+    /// in the work directory when it was killed outright: those named
+    /// `benchq-{this agent id}-{job UUID}-{attempt}` that no live process
+    /// holds (each run holds an `flock` on its directory until it has removed
+    /// it; the kernel releases it when the agent dies). Call it at start.
+    /// Returns how many were removed.
+    ///
+    /// Only exact matches go: another agent's id may start with this one's
+    /// (`host` and `host-1`), but what follows this one's prefix must then
+    /// be a UUID, a dash and a number. Nothing is removed without an agent
+    /// id. A directory in use is left alone even when another running agent
+    /// has the same id (which it must not). An agent that gets a new id at
+    /// each start (the binary's default `HOSTNAME-PID`) never finds its
+    /// predecessor's directories: give it a stable `--agent-id`.
+    ///
+    /// # Errors
+    ///
+    /// Listing the work directory failed (a missing one is no error).
+    /// Directories that cannot be removed are logged and skipped.
+    pub fn remove_stale_job_dirs(&self) -> io::Result<usize> {
+        if self.agent_id.is_empty() {
+            return Ok(0);
+        }
+        let prefix = self.dir_prefix();
+        let entries = match std::fs::read_dir(&self.work_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+                continue;
+            };
+            if !is_job_dir_suffix(rest) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            // Held while removing it, so that it cannot be taken meanwhile.
+            let _lock = match lock_dir(&entry.path()) {
+                Ok(Some(lock)) => lock,
+                Ok(None) => continue, // a live run's
+                Err(e) => {
+                    warn!(
+                        "cannot lock {} to see whether it is stale: {e}",
+                        entry.path().display()
+                    );
+                    continue;
                 }
-            })
-            .collect();
-        self.work_dir.join(format!("benchq-{id}-{}", job.attempt))
+            };
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => warn!(
+                    "could not remove the stale job directory {}: {e}",
+                    entry.path().display()
+                ),
+            }
+        }
+        Ok(removed)
     }
 
     async fn run_job(&self, job: LeasedJob, cancel: CancellationToken) -> RunResult {
@@ -158,14 +234,20 @@ impl ProcessRunner {
         let dir = self.job_dir(job);
         // From here on, whatever happens (even this future being dropped
         // halfway), the directory and the process group are cleaned up.
+        let marker = children::new_run_marker();
         let mut cleanup = Cleanup {
             pgid: None,
+            marker: marker.clone(),
             dir: Some(dir.clone()),
+            lock: None,
         };
         let job_file = dir.join("job.json");
         let result_file = dir.join("result.json");
-        if let Err(e) = prepare_dir(&dir, &job_file, &job.to_json()).await {
-            return RunResult::error(format!("could not prepare {}: {e}", dir.display()));
+        match prepare_dir(&dir, &job_file, &job.to_json()).await {
+            Ok(lock) => cleanup.lock = Some(lock),
+            Err(e) => {
+                return RunResult::error(format!("could not prepare {}: {e}", dir.display()));
+            }
         }
 
         let mut command = Command::new(&self.program);
@@ -175,6 +257,9 @@ impl ProcessRunner {
             .env("BENCHQ_AGENT_ID", &self.agent_id)
             .env("BENCHQ_JOB_FILE", &job_file)
             .env("BENCHQ_RESULT_FILE", &result_file)
+            // Marks every process of this run, including those that leave
+            // its process group, so that they can be found and killed.
+            .env(RUN_MARKER_VAR, &marker)
             // The agent's own credentials are not the job's business: the code
             // under test must not be able to lease, complete or forge results.
             .env_remove("BENCHQ_TOKEN")
@@ -202,7 +287,7 @@ impl ProcessRunner {
         // Declared after `cleanup`, so dropped before it: on a forced drop the
         // guard is killed quietly and `cleanup` kills the group.
         let guard = match pgid {
-            Some(pgid) => match children::spawn_guard(pgid).await {
+            Some(pgid) => match children::spawn_guard(pgid, &marker).await {
                 Ok(guard) => Some(guard),
                 Err(e) => {
                     warn!(job = %job.id, "could not start the guard of process group {pgid} ({}): its processes would outlive a killed agent", io_error_text(&e));
@@ -225,18 +310,21 @@ impl ProcessRunner {
         let (status, stopped) = tokio::select! {
             biased;
             status = child.wait() => (status, false),
-            _ = cancel.cancelled() => (self.stop(&mut child, pgid, &job.id).await, true),
+            _ = cancel.cancelled() => (self.stop(&mut child, pgid, &marker, &job.id).await, true),
         };
-        // The child is gone; anything it left running in its group goes too.
-        if let Some(pgid) = cleanup.pgid.take() {
-            kill_group(pgid, libc::SIGKILL);
+        // The child is gone; anything it left running goes too: in its group,
+        // or out of it (daemons), found by the marker.
+        let pgid = cleanup.pgid.take();
+        let leftovers = children::kill_leftovers(&marker, pgid);
+        if leftovers > 0 {
+            debug!(job = %job.id, "killed {leftovers} process(es) the job left running");
         }
         let drained = tokio::time::timeout(PIPE_DRAIN, async {
             while pipes.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
-            warn!(job = %job.id, "output pipes still open after the process group was killed (a process left the group?); ignoring the rest of its output");
+            warn!(job = %job.id, "output pipes still open after the job's processes were killed (a process that left the group and dropped the job's marker?); ignoring the rest of its output");
             pipes.abort_all();
         }
         if let Some(guard) = guard {
@@ -272,19 +360,21 @@ impl ProcessRunner {
         result
     }
 
-    /// Stops a job whose cancel token fired: SIGTERM to the group, up to `grace` for the
-    /// whole group to exit, then SIGKILL. Returns the child's exit status.
+    /// Stops a job whose cancel token fired: SIGTERM to the group (and to
+    /// the job's processes outside it), up to `grace` for the whole group to
+    /// exit, then SIGKILL. Returns the child's exit status.
     async fn stop(
         &self,
         child: &mut OwnedChild,
         pgid: Option<i32>,
+        marker: &str,
         job_id: &str,
     ) -> io::Result<ExitStatus> {
         let Some(pgid) = pgid else {
             return child.wait().await;
         };
         debug!(job = %job_id, pgid, "stopping: sending SIGTERM to the process group");
-        kill_group(pgid, libc::SIGTERM);
+        children::signal_job(marker, Some(pgid), libc::SIGTERM);
         let deadline = tokio::time::Instant::now() + self.grace;
         let status = match tokio::time::timeout_at(deadline, child.wait()).await {
             Ok(status) => status,
@@ -313,28 +403,58 @@ impl Runner for ProcessRunner {
     }
 }
 
-/// Makes `dir` anew (a leftover from a crashed agent is removed) and writes
-/// the job file into it.
-async fn prepare_dir(dir: &Path, job_file: &Path, job_json: &str) -> io::Result<()> {
+/// Makes `dir` anew (a leftover from a crashed agent is removed), locks it
+/// (see [`lock_dir`]) and writes the job file into it. Returns the lock, to
+/// hold until the directory is removed.
+async fn prepare_dir(dir: &Path, job_file: &Path, job_json: &str) -> io::Result<std::fs::File> {
     match tokio::fs::remove_dir_all(dir).await {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
     tokio::fs::create_dir_all(dir).await?;
-    tokio::fs::write(job_file, job_json).await
+    let lock = lock_dir(dir)?
+        .ok_or_else(|| io::Error::other("in use by another process (two agents with one id?)"))?;
+    tokio::fs::write(job_file, job_json).await?;
+    Ok(lock)
 }
 
-/// Kills what is left on drop: the process group and the job directory.
-/// Disarmed (fields taken) on the normal path, which does both itself.
+/// Takes an exclusive `flock` on the directory `dir` without waiting: `None`
+/// when another open file holds it. A run holds its directory's lock until
+/// it has removed the directory; the kernel drops the lock when the agent
+/// dies, however it dies. So a job directory nobody holds is a stale one.
+fn lock_dir(dir: &Path) -> io::Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd;
+    // Opened close-on-exec (as std opens every file): the job's processes
+    // never hold it.
+    let file = std::fs::File::open(dir)?;
+    // SAFETY: flock(2) on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(Some(file));
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+/// Kills what is left on drop: the job's processes (its group, and those
+/// carrying its marker) and the job directory. Disarmed (fields taken) on the
+/// normal path, which does both itself.
 struct Cleanup {
     pgid: Option<i32>,
+    marker: String,
     dir: Option<PathBuf>,
+    /// The directory's lock: released (dropped) after the directory is
+    /// removed, so no other agent ever takes a live directory for stale.
+    lock: Option<std::fs::File>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(pgid) = self.pgid.take() {
-            kill_group(pgid, libc::SIGKILL);
+            children::kill_leftovers(&self.marker, Some(pgid));
         }
         if let Some(dir) = self.dir.take() {
             let _ = std::fs::remove_dir_all(dir);
@@ -403,24 +523,61 @@ fn classify(status: ExitStatus, failure_exit_codes: &[i32]) -> RunResult {
 }
 
 /// Reads the result file: `Ok(None)` when the child wrote none, `Ok(Some)`
-/// with its text when it holds JSON, `Err(note)` when it is unusable.
+/// with its text when it holds JSON the coordinator can store
+/// ([`benchq::report::check_metrics`]), `Err(note)` when it is unusable
+/// (the metrics are then dropped, and the note added to the result's error).
 async fn read_metrics(path: &Path) -> Result<Option<String>, String> {
-    let bytes = match tokio::fs::read(path).await {
-        Ok(bytes) => bytes,
+    let file = match tokio::fs::File::open(path).await {
+        Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("could not read the result file: {e}")),
     };
+    // Never more than one byte past the limit in memory, however big the file.
+    let mut bytes = Vec::new();
+    let limit = METRICS_MAX as u64 + 1;
+    if let Err(e) = file.take(limit).read_to_end(&mut bytes).await {
+        return Err(format!("could not read the result file: {e}"));
+    }
     if bytes.len() > METRICS_MAX {
         return Err(format!(
-            "result file dropped: {} bytes, more than the {METRICS_MAX} allowed",
-            bytes.len()
+            "result file dropped: more than the {METRICS_MAX} bytes allowed"
         ));
     }
     let text = String::from_utf8(bytes)
         .map_err(|_| "result file is not valid JSON: not UTF-8".to_string())?;
-    serde_json::from_str::<serde::de::IgnoredAny>(&text)
-        .map_err(|e| format!("result file is not valid JSON: {e}"))?;
-    Ok(Some(text.trim().to_string()))
+    let text = text.trim();
+    benchq::report::check_metrics(text).map_err(|why| format!("result file {why}: dropped"))?;
+    Ok(Some(text.to_string()))
+}
+
+/// `id` with every character but ASCII letters, digits, `-` and `_`
+/// replaced by `_`.
+fn path_safe(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// `{UUID}-{attempt}`: what follows `benchq-{agent id}-` in the name of a job
+/// directory (job ids are UUIDs, in their hyphenated form).
+fn is_job_dir_suffix(rest: &str) -> bool {
+    let Some((id, attempt)) = rest.rsplit_once('-') else {
+        return false;
+    };
+    let groups: Vec<&str> = id.split('-').collect();
+    !attempt.is_empty()
+        && attempt.bytes().all(|b| b.is_ascii_digit())
+        && groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// An I/O error as people read it: `No such file or directory`, without the
@@ -597,7 +754,7 @@ mod tests {
         ] {
             assert!(env.contains(&expected), "{expected} missing from {env:?}");
         }
-        let job_dir = dir.path("benchq-job-1-2");
+        let job_dir = dir.path("benchq-agent-x-job-1-2");
         let job_file = format!("BENCHQ_JOB_FILE={}", job_dir.join("job.json").display());
         let result_file = format!(
             "BENCHQ_RESULT_FILE={}",
@@ -644,7 +801,7 @@ mod tests {
         assert_eq!(r.outcome, Outcome::Failed);
         assert_eq!(r.metrics_json.as_deref(), Some(r#"{"score": 0.5}"#));
         assert_eq!(r.error, "");
-        assert!(!dir.path("benchq-job-1-2").exists());
+        assert!(!dir.path("benchq-agent-x-job-1-2").exists());
     }
 
     #[tokio::test]
@@ -728,7 +885,7 @@ mod tests {
             r.error,
             "failed to start /nonexistent/benchq-scenario: No such file or directory"
         );
-        assert!(!dir.path("benchq-job-1-2").exists());
+        assert!(!dir.path("benchq-agent-x-job-1-2").exists());
     }
 
     #[tokio::test]
@@ -871,7 +1028,7 @@ mod tests {
             gone_within(grandchild, Duration::from_secs(1)).await,
             "grandchild {grandchild} survived"
         );
-        assert!(!dir.path("benchq-job-1-2").exists());
+        assert!(!dir.path("benchq-agent-x-job-1-2").exists());
     }
 
     /// A child that ends on its own says so, even with exit codes that a
@@ -950,5 +1107,187 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(runner.job_dir(&job), PathBuf::from("/w/benchq-______etc-1"));
+        let runner = runner.with_agent_id("host/1");
+        assert_eq!(
+            runner.job_dir(&job),
+            PathBuf::from("/w/benchq-host_1-______etc-1")
+        );
+    }
+
+    /// Metrics that are JSON but that PostgreSQL cannot store are dropped
+    /// with a note, as unparsable ones are; the outcome stands.
+    #[tokio::test]
+    async fn metrics_the_coordinator_cannot_store_are_dropped_with_a_note() {
+        let dir = TestDir::new();
+        let nested = "[".repeat(200);
+        for (json, why) in [
+            (r#"{"x":"\u0000"}"#, "contains a NUL character"),
+            (r#"{"x":1e400}"#, "is not valid JSON"),
+            (r#"{"x":"\ud800"}"#, "is not valid JSON"),
+            (nested.as_str(), "is not valid JSON"),
+        ] {
+            let script = format!("printf '%s' '{json}' > \"$BENCHQ_RESULT_FILE\"; exit 1");
+            let r = run(&sh(&dir, &script), job()).await;
+            assert_eq!(
+                (r.outcome, r.exit_code),
+                (Outcome::Failed, Some(1)),
+                "{json}"
+            );
+            assert_eq!(r.metrics_json, None, "{json}");
+            assert!(
+                r.error.starts_with(&format!("result file {why}"))
+                    && r.error.ends_with(": dropped"),
+                "{json}: {}",
+                r.error
+            );
+        }
+        // Escaped backslash then "u0000": a plain string, kept.
+        let script = r#"printf '%s' '{"x":"\\u0000"}' > "$BENCHQ_RESULT_FILE""#;
+        let r = run(&sh(&dir, script), job()).await;
+        assert_eq!(r.metrics_json.as_deref(), Some(r#"{"x":"\\u0000"}"#));
+        assert_eq!(r.error, "");
+    }
+
+    #[tokio::test]
+    async fn a_result_file_over_the_limit_is_dropped_unread() {
+        let dir = TestDir::new();
+        let script = format!(
+            r#"printf '"' > "$BENCHQ_RESULT_FILE"
+               head -c {} /dev/zero | tr '\0' 'm' >> "$BENCHQ_RESULT_FILE"
+               printf '"' >> "$BENCHQ_RESULT_FILE""#,
+            METRICS_MAX
+        );
+        let r = run(&sh(&dir, &script), job()).await;
+        assert_eq!(r.outcome, Outcome::Passed);
+        assert_eq!(r.metrics_json, None);
+        assert_eq!(
+            r.error,
+            format!("result file dropped: more than the {METRICS_MAX} bytes allowed")
+        );
+    }
+
+    /// A process that leaves the job's group (`setsid`) and its output pipes
+    /// is still killed when the job ends: on its own, stopped, or dropped.
+    #[tokio::test]
+    async fn a_daemon_that_left_the_group_dies_with_the_job() {
+        let dir = TestDir::new();
+        let pid_file = dir.path("daemon.pid");
+        let daemon = format!(
+            "setsid sh -c 'echo $$ > {}; exec sleep 301' </dev/null >/dev/null 2>&1 &",
+            pid_file.display()
+        );
+
+        // Ends on its own.
+        let script = format!(
+            "{daemon} while [ ! -s {} ]; do sleep 0.01; done",
+            pid_file.display()
+        );
+        let started = Instant::now();
+        let r = run(&sh(&dir, &script), job()).await;
+        assert_eq!(r.outcome, Outcome::Passed, "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "waited for the daemon"
+        );
+        let pid = read_pid(&pid_file).await;
+        assert!(
+            gone_within(pid, Duration::from_secs(1)).await,
+            "daemon {pid} survived"
+        );
+
+        // Stopped.
+        std::fs::remove_file(&pid_file).unwrap();
+        let runner = sh(&dir, &format!("{daemon} sleep 60")).with_grace(Duration::from_secs(5));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn({
+            let cancel = cancel.clone();
+            async move { runner.run(job(), cancel).await }
+        });
+        let pid = read_pid(&pid_file).await;
+        assert!(alive(pid));
+        cancel.cancel();
+        let r = tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .expect("stopped well within the grace period")
+            .unwrap();
+        assert!(!r.finished_on_its_own);
+        assert!(
+            gone_within(pid, Duration::from_secs(1)).await,
+            "daemon {pid} survived"
+        );
+
+        // Dropped.
+        std::fs::remove_file(&pid_file).unwrap();
+        let runner = sh(&dir, &format!("{daemon} sleep 60"));
+        let task = tokio::spawn(async move { runner.run(job(), CancellationToken::new()).await });
+        let pid = read_pid(&pid_file).await;
+        task.abort();
+        let _ = task.await;
+        assert!(
+            gone_within(pid, Duration::from_secs(1)).await,
+            "daemon {pid} survived"
+        );
+    }
+
+    /// Every run has a marker of its own, which the guard is not given.
+    #[tokio::test]
+    async fn each_run_is_marked_afresh() {
+        let dir = TestDir::new();
+        let script = r#"echo "$BENCHQ_JOB_RUN""#;
+        let a = run(&sh(&dir, script), job()).await.output_tail;
+        let b = run(&sh(&dir, script), job()).await.output_tail;
+        assert_eq!(a.trim().len(), 32, "{a:?}");
+        assert!(a.trim().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn stale_job_dirs_of_this_agent_only_are_removed() {
+        let dir = TestDir::new();
+        let uuid = "0b7e7c1e-5f1a-4c4e-9d59-2f0a8f6c1a11";
+        let ours = [
+            format!("benchq-host-{uuid}-1"),
+            format!("benchq-host-{uuid}-12"),
+        ];
+        let others = [
+            format!("benchq-host-1-{uuid}-1"), // agent "host-1"
+            format!("benchq-hostx-{uuid}-1"),
+            format!("benchq-host-{uuid}-"),
+            format!("benchq-host-{uuid}"),
+            "benchq-host-not-a-uuid-1".to_string(),
+            format!("benchq-{uuid}-1"), // no agent id
+        ];
+        for name in ours.iter().chain(&others) {
+            std::fs::create_dir_all(dir.path(name).join("sub")).unwrap();
+        }
+        // A file with a matching name is not a job directory.
+        std::fs::write(dir.path(&format!("benchq-host-{uuid}-3")), "x").unwrap();
+        // A directory a live run holds is not stale.
+        let live = dir.path(&format!("benchq-host-{uuid}-4"));
+        std::fs::create_dir_all(&live).unwrap();
+        let held = lock_dir(&live).unwrap().expect("unlocked");
+        let runner = ProcessRunner::new("x", Vec::<String>::new())
+            .with_work_dir(&dir.0)
+            .with_agent_id("host");
+        assert_eq!(runner.remove_stale_job_dirs().unwrap(), 2);
+        for name in &ours {
+            assert!(!dir.path(name).exists(), "{name} left");
+        }
+        for name in &others {
+            assert!(dir.path(name).exists(), "{name} removed");
+        }
+        assert!(dir.path(&format!("benchq-host-{uuid}-3")).exists());
+        assert!(live.exists(), "a directory in use was removed");
+        assert!(lock_dir(&live).unwrap().is_none(), "the lock is exclusive");
+        drop(held);
+        assert_eq!(runner.remove_stale_job_dirs().unwrap(), 1);
+        assert!(!live.exists());
+        // Nothing to tell ours from others' without an id; no work dir is no error.
+        let anonymous = ProcessRunner::new("x", Vec::<String>::new()).with_work_dir(&dir.0);
+        assert_eq!(anonymous.remove_stale_job_dirs().unwrap(), 0);
+        let missing = ProcessRunner::new("x", Vec::<String>::new())
+            .with_work_dir(dir.path("missing"))
+            .with_agent_id("host");
+        assert_eq!(missing.remove_stale_job_dirs().unwrap(), 0);
     }
 }

@@ -69,12 +69,16 @@ pub struct RunResult {
     pub outcome: Outcome,
     /// The exit code of the runner's process, when there was one and it exited.
     pub exit_code: Option<i32>,
-    /// What went wrong, for ERROR; notes (e.g. an unreadable result file) otherwise.
+    /// What went wrong, for ERROR; notes (e.g. an unreadable result file)
+    /// otherwise. The agent cuts it to [`benchq::report::MAX_ERROR`] bytes,
+    /// keeping the start.
     pub error: String,
     /// The end of the run's output, at most [`crate::OUTPUT_TAIL_MAX`] bytes
     /// (the agent truncates longer tails, keeping the end).
     pub output_tail: String,
-    /// A JSON document the run produced (scores, token counts, …).
+    /// A JSON document the run produced (scores, token counts, …). One the
+    /// coordinator could not store (see [`benchq::report::check_metrics`])
+    /// is dropped by the agent, with a note in `error`.
     pub metrics_json: Option<String>,
     /// How long the run took. Left at zero, the agent fills in its own
     /// measurement of the `run` call.

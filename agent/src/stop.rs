@@ -1,13 +1,19 @@
 //! Why a running job is stopped, and what that makes of its result.
 //!
-//! Four things stop a job before it ends on its own, and each asks for a
+//! Five things stop a job before it ends on its own, and each asks for a
 //! different report: a lost lease (report nothing: the job may already run
-//! elsewhere, and the coordinator would refuse it), an operator's cancel
-//! (`CANCELLED`), its timeout (`ERROR`, retried by the usual rule), an
-//! interrupted shutdown (`INTERRUPTED`: back to the queue, attempt given
-//! back). The runner sees only its cancel token; the agent loop records the
-//! reason in a [`Stop`] *before* cancelling it, and decides the outcome from
-//! it, so that no runner has to get this right.
+//! elsewhere, and the coordinator would refuse it), lost contact with the
+//! coordinator (`ERROR`, if it still gets through: the agent fenced itself,
+//! see [`crate::agent`]), an operator's cancel (`CANCELLED`), its timeout
+//! (`ERROR`, retried by the usual rule), an interrupted shutdown
+//! (`INTERRUPTED`: back to the queue, attempt given back). The runner sees
+//! only its cancel token; the agent loop records the reason in a [`Stop`]
+//! *before* cancelling it, and decides the outcome from it, so that no runner
+//! has to get this right.
+//!
+//! The two reasons that mean "the lease is gone, or may be" also *fence* the
+//! job: the agent then gives the runner only a short time to stop (see
+//! [`Stop::fenced`]), because another agent may run the job next.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -20,8 +26,13 @@ use crate::runner::RunResult;
 /// Why the agent stopped a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StopReason {
-    /// The coordinator no longer holds the lease for this agent.
+    /// The coordinator no longer holds the lease for this agent (or no
+    /// longer accepts its credential).
     LeaseLost,
+    /// No heartbeat was acknowledged for this long (half the lease's TTL):
+    /// the coordinator may take the lease back soon, so the agent stopped
+    /// the job before it could.
+    ContactLost(Duration),
     /// An operator cancelled the job (CancelJob / CancelBatch).
     Cancelled,
     /// The job ran longer than its timeout.
@@ -37,6 +48,13 @@ impl StopReason {
     pub(crate) fn report(self) -> Option<(Outcome, String)> {
         match self {
             StopReason::LeaseLost => None,
+            StopReason::ContactLost(silent) => Some((
+                Outcome::Error,
+                format!(
+                    "lost contact with the coordinator for {}: stopped the job so it cannot run twice",
+                    seconds(silent)
+                ),
+            )),
             StopReason::Cancelled => Some((
                 Outcome::Cancelled,
                 "cancelled: an operator asked for it".into(),
@@ -52,10 +70,17 @@ impl StopReason {
         }
     }
 
+    /// Whether the job may soon run elsewhere, so that it must be dead
+    /// before long rather than after the runner's own grace period.
+    fn fences(self) -> bool {
+        matches!(self, StopReason::LeaseLost | StopReason::ContactLost(_))
+    }
+
     /// For log lines: `cancel requested`, `timeout`, …
     pub(crate) fn describe(self) -> &'static str {
         match self {
             StopReason::LeaseLost => "lease lost",
+            StopReason::ContactLost(_) => "contact with the coordinator lost",
             StopReason::Cancelled => "cancel requested",
             StopReason::Timeout(_) => "timeout",
             StopReason::Interrupted => "interrupted",
@@ -72,6 +97,7 @@ impl StopReason {
 pub(crate) struct Stop {
     reason: Mutex<Option<StopReason>>,
     token: CancellationToken,
+    fence: CancellationToken,
 }
 
 impl Stop {
@@ -96,13 +122,34 @@ impl Stop {
             }
             take
         };
+        if reason.fences() {
+            self.fence.cancel();
+        }
         self.token.cancel();
         recorded
+    }
+
+    /// Cancelled once a fencing reason (lost lease, lost contact) was
+    /// requested, whichever reason is recorded: the job must then be dead
+    /// within a short, fixed time, whatever grace its runner would give it.
+    pub(crate) fn fenced(&self) -> CancellationToken {
+        self.fence.clone()
     }
 
     /// The recorded reason, if any.
     pub(crate) fn reason(&self) -> Option<StopReason> {
         *self.reason.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A duration for people, rounded down: `15s`; below 10 s to a tenth,
+/// `1.5s`, without a `.0`.
+pub(crate) fn seconds(d: Duration) -> String {
+    let tenths = d.as_millis() / 100;
+    if d >= Duration::from_secs(10) || tenths.is_multiple_of(10) {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}.{}s", tenths / 10, tenths % 10)
     }
 }
 
@@ -172,6 +219,37 @@ mod tests {
         );
 
         assert_eq!(settle(killed(), Some(StopReason::LeaseLost)), None);
+
+        let r = settle(
+            killed(),
+            Some(StopReason::ContactLost(Duration::from_secs(15))),
+        )
+        .unwrap();
+        assert_eq!(r.outcome, Outcome::Error);
+        assert_eq!(
+            r.error,
+            "lost contact with the coordinator for 15s: stopped the job so it cannot run twice (killed by signal 15)"
+        );
+        let r = settle(
+            killed(),
+            Some(StopReason::ContactLost(Duration::from_millis(1500))),
+        )
+        .unwrap();
+        assert!(
+            r.error
+                .starts_with("lost contact with the coordinator for 1.5s:")
+        );
+    }
+
+    #[test]
+    fn seconds_are_rounded_down() {
+        let ms = Duration::from_millis;
+        assert_eq!(seconds(ms(1003)), "1s");
+        assert_eq!(seconds(ms(1099)), "1s");
+        assert_eq!(seconds(ms(1500)), "1.5s");
+        assert_eq!(seconds(ms(250)), "0.2s");
+        assert_eq!(seconds(ms(15_700)), "15s");
+        assert_eq!(seconds(Duration::ZERO), "0s");
     }
 
     #[test]
@@ -219,5 +297,22 @@ mod tests {
         assert!(stop.request(StopReason::LeaseLost));
         assert!(!stop.request(StopReason::Cancelled));
         assert_eq!(stop.reason(), Some(StopReason::LeaseLost));
+    }
+
+    #[test]
+    fn only_a_lost_lease_or_lost_contact_fences() {
+        let stop = Stop::default();
+        stop.request(StopReason::Cancelled);
+        stop.request(StopReason::Interrupted);
+        stop.request(StopReason::Timeout(Duration::from_secs(1)));
+        assert!(!stop.fenced().is_cancelled());
+        // Fenced though the first reason stays the recorded one.
+        stop.request(StopReason::ContactLost(Duration::from_secs(1)));
+        assert!(stop.fenced().is_cancelled());
+        assert_eq!(stop.reason(), Some(StopReason::Cancelled));
+
+        let stop = Stop::default();
+        stop.request(StopReason::LeaseLost);
+        assert!(stop.fenced().is_cancelled());
     }
 }

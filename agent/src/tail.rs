@@ -5,8 +5,10 @@
 //! agent keeps only a sliding window of bytes in memory while the run goes on,
 //! and turns it into text once, at the end.
 
-/// The most output kept per run, in bytes (what `CompleteRequest.output_tail` allows).
-pub const OUTPUT_TAIL_MAX: usize = 64 * 1024;
+/// The most output kept per run, in bytes: [`benchq::report::MAX_OUTPUT_TAIL`],
+/// what the coordinator accepts in `CompleteRequest.output_tail`; kept under
+/// this name for existing users.
+pub const OUTPUT_TAIL_MAX: usize = benchq::report::MAX_OUTPUT_TAIL;
 
 /// A window over the last bytes written to it.
 ///
@@ -72,11 +74,7 @@ pub fn truncate_front(text: String, max: usize) -> String {
     if text.len() <= max {
         return text;
     }
-    let mut cut = text.len() - max;
-    while !text.is_char_boundary(cut) {
-        cut += 1;
-    }
-    text[cut..].to_string()
+    benchq::report::keep_tail(&text, max).to_string()
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 mod support;
 
 mod agent_faults;
+mod agent_hardening;
 mod agent_loop;
 mod cancel;
 mod end_to_end;
