@@ -9,7 +9,6 @@
 //! subreaper and reaps them. Where the agent itself was killed, a zombie
 //! counts as gone: reaping it is then init's job.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,8 +18,9 @@ use benchq_coordinator::service::Timing;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::support::agents::{job_row, job_script, read_pid, wait_exit, wait_log, wait_state};
 use crate::support::app::{
-    Proc, TestApp, batch, eventually, script, spawn_agent_bin_with, spawn_app_with, test_timing,
+    Proc, TestApp, batch, eventually, spawn_agent_bin_with, spawn_app_with, test_timing,
 };
 
 /// A 600 ms lease: agents heartbeat (and so learn of cancels) every 200 ms.
@@ -58,15 +58,6 @@ async fn cancel(app: &TestApp, job: Uuid) {
         .expect("cancel job");
 }
 
-/// `(state, attempt)` of a job.
-async fn job_row(pool: &PgPool, job: Uuid) -> (String, i32) {
-    sqlx::query_as("SELECT state, attempt FROM jobs WHERE id = $1")
-        .bind(job)
-        .fetch_one(pool)
-        .await
-        .expect("job row")
-}
-
 /// `(attempt, outcome, error, agent)` of every attempt of a job, in order.
 async fn attempts(pool: &PgPool, job: Uuid) -> Vec<(i32, Option<String>, String, String)> {
     sqlx::query_as(
@@ -77,13 +68,6 @@ async fn attempts(pool: &PgPool, job: Uuid) -> Vec<(i32, Option<String>, String,
     .fetch_all(pool)
     .await
     .expect("attempts")
-}
-
-async fn wait_state(pool: &PgPool, job: Uuid, want: &str, limit: Duration) {
-    eventually(limit, &format!("job {job} to be {want}"), || async {
-        (job_row(pool, job).await.0 == want).then_some(())
-    })
-    .await;
 }
 
 /// The process exists, zombie or not.
@@ -101,55 +85,6 @@ fn alive(pid: i32) -> bool {
                 .rsplit_once(')')
                 .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
         })
-}
-
-/// The pid a script wrote to `file` (a whole line), once it is there.
-async fn read_pid(file: &Path) -> i32 {
-    eventually(
-        Duration::from_secs(10),
-        &format!("a pid in {}", file.display()),
-        || async {
-            std::fs::read_to_string(file)
-                .ok()
-                .filter(|s| s.ends_with('\n'))
-                .map(|s| s.trim().parse().expect("a pid"))
-        },
-    )
-    .await
-}
-
-/// A job script that writes its pids under its own directory: `$D` in `body`.
-/// Returns the script and that directory.
-fn job_script(name: &str, body: &str) -> (PathBuf, PathBuf) {
-    let path = script(name, &format!("D=$(dirname \"$0\")\n{body}"));
-    let dir = path.parent().unwrap().to_path_buf();
-    (path, dir)
-}
-
-/// Waits for a line containing `needle` in `agent`'s log.
-async fn wait_log(agent: &Proc, needle: &str, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while !agent.log().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in the log of {} within {limit:?}; log:\n{}",
-            agent.name,
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// Waits for `agent` to exit on its own, at most `limit`.
-async fn wait_exit(agent: &mut Proc, limit: Duration) -> std::process::ExitStatus {
-    match tokio::time::timeout(limit, agent.child.wait()).await {
-        Ok(status) => status.expect("wait for the agent"),
-        Err(_) => panic!(
-            "{} did not exit within {limit:?}; log:\n{}",
-            agent.name,
-            agent.log()
-        ),
-    }
 }
 
 /// Sends SIGTERM, and waits until the agent has seen it (two signals in a row

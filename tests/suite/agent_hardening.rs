@@ -10,7 +10,7 @@
 //! the outside which processes are still there.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,8 +26,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::support::agents::{job_row, job_script, read_pid, wait_exit, wait_log, wait_state};
 use crate::support::app::{
-    Proc, TestApp, batch, eventually, migrated_db, script, spawn_agent_bin_with, spawn_app_with,
+    TestApp, batch, eventually, migrated_db, spawn_agent_bin_with, spawn_app_with,
     spawn_coordinator_bin, test_timing,
 };
 
@@ -56,15 +57,6 @@ async fn enqueue_with(client: &mut benchq::client::Client, scenarios: &[&str]) -
         .expect("enqueue batch")
         .into_inner();
     reply.ids.iter().map(|id| id.parse().unwrap()).collect()
-}
-
-/// `(state, attempt)` of a job.
-async fn job_row(pool: &PgPool, job: Uuid) -> (String, i32) {
-    sqlx::query_as("SELECT state, attempt FROM jobs WHERE id = $1")
-        .bind(job)
-        .fetch_one(pool)
-        .await
-        .expect("job row")
 }
 
 /// One attempt as recorded.
@@ -112,13 +104,6 @@ async fn attempts(pool: &PgPool, job: Uuid) -> Vec<Try> {
         .collect()
 }
 
-async fn wait_state(pool: &PgPool, job: Uuid, want: &str, limit: Duration) {
-    eventually(limit, &format!("job {job} to be {want}"), || async {
-        (job_row(pool, job).await.0 == want).then_some(())
-    })
-    .await;
-}
-
 /// When the job's lease was last renewed, as the database says.
 async fn heartbeat_at(pool: &PgPool, job: Uuid) -> Option<f64> {
     sqlx::query_scalar("SELECT extract(epoch FROM heartbeat_at)::float8 FROM jobs WHERE id = $1")
@@ -153,53 +138,6 @@ fn alive(pid: i32) -> bool {
 
 async fn dead_within(pid: i32, limit: Duration, what: &str) {
     eventually(limit, what, || async { (!alive(pid)).then_some(()) }).await;
-}
-
-/// The pid a script wrote to `file` (a whole line), once it is there.
-async fn read_pid(file: &Path) -> i32 {
-    eventually(
-        Duration::from_secs(10),
-        &format!("a pid in {}", file.display()),
-        || async {
-            std::fs::read_to_string(file)
-                .ok()
-                .filter(|s| s.ends_with('\n'))
-                .map(|s| s.trim().parse().expect("a pid"))
-        },
-    )
-    .await
-}
-
-/// A job script that writes its pids under its own directory: `$D` in `body`.
-/// Returns the script and that directory.
-fn job_script(name: &str, body: &str) -> (PathBuf, PathBuf) {
-    let path = script(name, &format!("D=$(dirname \"$0\")\n{body}"));
-    let dir = path.parent().unwrap().to_path_buf();
-    (path, dir)
-}
-
-async fn wait_log(agent: &Proc, needle: &str, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while !agent.log().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in the log of {} within {limit:?}; log:\n{}",
-            agent.name,
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-async fn wait_exit(agent: &mut Proc, limit: Duration) -> std::process::ExitStatus {
-    match tokio::time::timeout(limit, agent.child.wait()).await {
-        Ok(status) => status.expect("wait for the agent"),
-        Err(_) => panic!(
-            "{} did not exit within {limit:?}; log:\n{}",
-            agent.name,
-            agent.log()
-        ),
-    }
 }
 
 /// A coordinator on `addr` (a fixed port: a restart) for the database at
