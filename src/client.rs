@@ -261,6 +261,16 @@ pub fn explain(e: &dyn std::error::Error) -> String {
 /// [`explain`] for a status an RPC to `url` returned: the message, with a
 /// hint when the status came from the connection rather than the coordinator.
 pub fn explain_status(url: &str, s: &tonic::Status) -> String {
+    match connection_problem(url, s) {
+        Some(h) => format!("{h} ({})", s.message()),
+        None => s.message().to_string(),
+    }
+}
+
+/// What to fix, when a status shows that the connection itself is set up
+/// wrong (TLS against plaintext, an untrusted or expired certificate, a
+/// missing client certificate) rather than that the coordinator is down.
+pub fn connection_problem(url: &str, s: &tonic::Status) -> Option<&'static str> {
     let chain = source_chain(s);
     let closed = [
         "broken pipe",
@@ -270,7 +280,7 @@ pub fn explain_status(url: &str, s: &tonic::Status) -> String {
     ]
     .iter()
     .any(|c| chain.contains(c));
-    let hint = hint(&chain).or_else(|| {
+    hint(&chain).or_else(|| {
         // The coordinator hung up without a word: during a TLS handshake when
         // it wants a client certificate, or because it speaks only TLS.
         (closed && s.code() != tonic::Code::Ok).then_some(if url.starts_with("https://") {
@@ -278,11 +288,7 @@ pub fn explain_status(url: &str, s: &tonic::Status) -> String {
         } else {
             "the coordinator closed the connection: it may require TLS, use an https:// URL (and --ca-cert for a private CA)"
         })
-    });
-    match hint {
-        Some(h) => format!("{h} ({})", s.message()),
-        None => s.message().to_string(),
-    }
+    })
 }
 
 fn hint(chain: &str) -> Option<&'static str> {

@@ -191,6 +191,10 @@ pub enum AgentError {
         /// What the coordinator said.
         message: String,
     },
+    /// The connection to the coordinator is set up wrong (TLS against
+    /// plaintext, an untrusted or expired certificate, a missing client
+    /// certificate), seen before any call ever succeeded: retrying cannot help.
+    Misconfigured(String),
 }
 
 impl std::fmt::Display for AgentError {
@@ -202,6 +206,7 @@ impl std::fmt::Display for AgentError {
                 f,
                 "the coordinator refused this agent's credential: {code:?}: {message}"
             ),
+            AgentError::Misconfigured(what) => write!(f, "cannot talk to the coordinator: {what}"),
         }
     }
 }
@@ -210,7 +215,9 @@ impl std::error::Error for AgentError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             AgentError::Connect(e) => Some(e),
-            AgentError::Config(_) | AgentError::CredentialRefused { .. } => None,
+            AgentError::Config(_)
+            | AgentError::CredentialRefused { .. }
+            | AgentError::Misconfigured(_) => None,
         }
     }
 }
@@ -232,6 +239,11 @@ pub struct Agent {
     /// Set when the coordinator refused the agent's credential: the first
     /// worker to hear it logs it and drains the agent; `try_run` returns it.
     refused: OnceLock<(Code, String)>,
+    /// Set when the connection turned out to be set up wrong before any
+    /// call succeeded: the agent stops instead of retrying forever.
+    misconfigured: OnceLock<String>,
+    /// Some call has succeeded: connection trouble from now on is an outage.
+    ever_reached: AtomicBool,
 }
 
 impl Agent {
@@ -262,6 +274,8 @@ impl Agent {
             runner,
             outage: AtomicBool::new(false),
             refused: OnceLock::new(),
+            misconfigured: OnceLock::new(),
+            ever_reached: AtomicBool::new(false),
         })
     }
 
@@ -323,6 +337,9 @@ impl Agent {
             if let Err(e) = done {
                 error!("a slot worker died: {e}");
             }
+        }
+        if let Some(what) = agent.misconfigured.get() {
+            return Err(AgentError::Misconfigured(what.clone()));
         }
         if let Some((code, message)) = agent.refused.get() {
             info!(
@@ -388,6 +405,15 @@ impl Agent {
                     break;
                 }
                 Err(status) => {
+                    let problem = (!self.ever_reached.load(Ordering::SeqCst))
+                        .then(|| {
+                            benchq::client::connection_problem(&self.config.coordinator, &status)
+                        })
+                        .flatten();
+                    if let Some(problem) = problem {
+                        self.misconfigured(problem, &status, &shutdown);
+                        break;
+                    }
                     self.lease_failed(&status);
                     backoff.next_delay()
                 }
@@ -737,7 +763,21 @@ impl Agent {
         shutdown.drain.cancel();
     }
 
+    /// The connection is set up wrong: logged once, and the whole agent
+    /// drains and stops (see [`Agent::try_run`]).
+    fn misconfigured(&self, problem: &str, status: &Status, shutdown: &Shutdown) {
+        if self.misconfigured.set(problem.to_string()).is_ok() {
+            error!(
+                "cannot talk to the coordinator {}: {problem} ({})",
+                self.config.coordinator,
+                status_text(status)
+            );
+        }
+        shutdown.drain.cancel();
+    }
+
     fn reachable(&self) {
+        self.ever_reached.store(true, Ordering::SeqCst);
         if self.outage.swap(false, Ordering::SeqCst) {
             info!("coordinator {} reachable again", self.config.coordinator);
         }

@@ -185,3 +185,88 @@ async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
         "valid mutual TLS connects: {err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_a_misconfigured_connection_says_what_to_fix_and_exits() {
+    use crate::support::app::{Proc, bin, script};
+    use std::time::Duration;
+    let pki = Pki::new();
+    let mtls = app(Some(pki.tls("server", true))).await;
+    let runner = script("ok.sh", "exit 0\n");
+    let start = |url: String, flags: Vec<String>| {
+        let mut cmd = tokio::process::Command::new(bin("benchq-agent"));
+        cmd.args(["--coordinator", &url, "--slot", "0"])
+            .args(&flags)
+            .env("NO_COLOR", "1")
+            .arg("--")
+            .arg(&runner);
+        Proc::spawn("agent", &mut cmd, None)
+    };
+    let ca = pki.path("ca.pem");
+    let cases = [
+        (
+            format!("http://localhost:{}", mtls.addr.port()),
+            vec![],
+            "use an https:// URL",
+        ),
+        (https(&mtls), vec![], "pass --ca-cert"),
+        (
+            https(&mtls),
+            vec!["--ca-cert".to_string(), ca.clone()],
+            "--client-cert",
+        ),
+    ];
+    for (url, flags, says) in cases {
+        let mut agent = start(url.clone(), flags.clone());
+        let status = tokio::time::timeout(Duration::from_secs(15), agent.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("agent kept retrying {url} {flags:?}:\n{}", agent.log()))
+            .unwrap();
+        assert_eq!(status.code(), Some(1), "{url} {flags:?}:\n{}", agent.log());
+        assert!(
+            agent.log().contains(says),
+            "{url} {flags:?} should say {says:?}:\n{}",
+            agent.log()
+        );
+    }
+
+    // Set up right, it runs a job.
+    let mut c = benchq::client::connect(benchq::client::ClientOptions {
+        url: https(&mtls),
+        ca_cert: Some(ca.clone().into()),
+        client_cert: Some(pki.path("client.pem").into()),
+        client_key: Some(pki.path("client.key").into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.enqueue_batch(crate::support::app::batch(&["over-tls"], 1))
+        .await
+        .unwrap();
+    let flags = [
+        "--ca-cert",
+        &ca,
+        "--client-cert",
+        &pki.path("client.pem"),
+        "--client-key",
+        &pki.path("client.key"),
+    ];
+    let _agent = start(https(&mtls), flags.iter().map(|s| s.to_string()).collect());
+    let pool = mtls.pool.clone();
+    crate::support::app::eventually(
+        Duration::from_secs(15),
+        "the job to pass over mutual TLS",
+        || {
+            let pool = pool.clone();
+            async move {
+                let passed: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'passed'")
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                (passed == 1).then_some(())
+            }
+        },
+    )
+    .await;
+}
