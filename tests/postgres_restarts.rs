@@ -140,7 +140,9 @@ async fn a_batch_survives_a_postgres_restart_without_operator_action() {
     let _down = SERVER_UP.write().await;
     let db_url = cluster().fresh_database().await;
     let (mut coordinator, url) =
-        spawn_coordinator_bin(&db_url, &["--lease-ttl", "3s", "--reap-interval", "200ms"]).await;
+        // A TTL well above the outage: agents stop their jobs after half a
+        // TTL without a heartbeat, and this test is about riding it out.
+        spawn_coordinator_bin(&db_url, &["--lease-ttl", "10s", "--reap-interval", "200ms"]).await;
     let runner = script("quick.sh", "sleep 0.05\nexit 0\n");
     let agents: Vec<_> = (0..2)
         .map(|slot| {

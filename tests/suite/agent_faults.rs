@@ -23,10 +23,12 @@ use crate::support::app::{
     Proc, TestApp, batch, eventually, spawn_agent_bin_with, spawn_app_with, test_timing,
 };
 
-/// A 600 ms lease: agents heartbeat (and so learn of cancels) every 200 ms.
+/// A 1.2 s lease: agents heartbeat (and so learn of cancels) every 400 ms,
+/// and a loaded machine's hiccups stay well under the half TTL after which
+/// an agent stops its job for lost contact.
 fn quick_heartbeats() -> Timing {
     Timing {
-        lease_ttl: Duration::from_millis(600),
+        lease_ttl: Duration::from_millis(1200),
         ..test_timing()
     }
 }

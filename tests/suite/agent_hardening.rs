@@ -430,7 +430,7 @@ sleep 60"#;
 /// A cancelled job takes its daemon with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_job_takes_its_daemon_with_it() {
-    let app = spawn_app_with(lease_of(Duration::from_millis(600))).await;
+    let app = spawn_app_with(lease_of(Duration::from_millis(1200))).await;
     let (runner, dir) = job_script("daemon.sh", DAEMONIZING);
     let _agent = spawn_agent_bin_with(
         &app.url(),

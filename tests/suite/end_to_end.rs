@@ -245,7 +245,7 @@ async fn the_cli_says_clearly_what_is_wrong() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn benchq_cancel_stops_a_batch_or_one_job() {
     let db_url = pg::cluster().fresh_database().await;
-    let (_coordinator, url) = spawn_coordinator_bin(&db_url, &["--lease-ttl", "600ms"]).await;
+    let (_coordinator, url) = spawn_coordinator_bin(&db_url, &["--lease-ttl", "2s"]).await;
     let runner = script("slow.sh", "exec sleep 30\n");
     let _agent = spawn_agent_bin(&url, "agent-0", &[0], &[runner.to_str().unwrap()]);
     let enqueue = |scenarios: &'static [&'static str]| {

@@ -118,14 +118,14 @@ async fn a_killed_agents_job_is_reclaimed_and_runs_again_on_a_live_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_running_ten_times_the_ttl_on_a_heartbeating_agent_is_never_reclaimed() {
-    let ttl = Duration::from_millis(400);
+    let ttl = Duration::from_secs(1);
     let app = spawn_app_with(fast_reaper(ttl)).await;
-    let runner = script("long.sh", "sleep 4\nexit 0\n");
+    let runner = script("long.sh", "sleep 10\nexit 0\n");
     let _agent = spawn_agent_bin(&app.url(), "steady", &[0], &[runner.to_str().unwrap()]);
     let mut c = app.client().await;
     c.enqueue_batch(batch(&["long"], 1)).await.unwrap();
     let pool = app.pool.clone();
-    eventually(Duration::from_secs(15), "the long job to pass", || {
+    eventually(Duration::from_secs(30), "the long job to pass", || {
         let pool = pool.clone();
         async move { (state_counts(&pool).await.get("passed") == Some(&1)).then_some(()) }
     })
@@ -146,7 +146,9 @@ async fn a_coordinator_killed_mid_batch_and_restarted_loses_nothing_and_dispatch
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let flags = ["--lease-ttl", "3s", "--reap-interval", "200ms"];
+    // A TTL well above the restart time: agents stop their jobs after half a
+    // TTL without the coordinator, and this test is about surviving a restart.
+    let flags = ["--lease-ttl", "10s", "--reap-interval", "200ms"];
     let (mut coordinator, url) = spawn_coordinator_bin_on(&listen, &db_url, &flags).await;
     let pool = PgPool::connect(&db_url).await.unwrap();
     let runner = script("quick.sh", "exit 0\n");
@@ -199,7 +201,8 @@ async fn a_coordinator_killed_mid_batch_and_restarted_loses_nothing_and_dispatch
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cutting_the_coordinators_database_connections_again_and_again_loses_no_job() {
-    let app = spawn_app_with(fast_reaper(Duration::from_secs(2))).await;
+    // Cut connections fail calls for a moment: well under half this TTL.
+    let app = spawn_app_with(fast_reaper(Duration::from_secs(10))).await;
     let runner = script("quick.sh", "exit 0\n");
     let agents: Vec<Proc> = (0..2)
         .map(|slot| {
