@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 #[command(version, about)]
 struct Cli {
     /// PostgreSQL connection URL.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
 
     /// Address to serve gRPC on.
@@ -74,7 +74,11 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Apply the database migrations and exit (the server also applies them on start).
-    Migrate,
+    Migrate {
+        /// PostgreSQL connection URL.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
     /// Manage the tokens file.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -144,10 +148,16 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         println!("{secret}");
         return Ok(());
     }
-    let url = cli
-        .database_url
+    let migrate_url = match &cli.command {
+        Some(Command::Migrate { database_url }) => Some(database_url.clone()),
+        _ => None,
+    };
+    let url = migrate_url
+        .clone()
+        .flatten()
+        .or(cli.database_url)
         .ok_or("no database: pass --database-url URL or set DATABASE_URL")?;
-    if let Some(Command::Migrate) = cli.command {
+    if migrate_url.is_some() {
         let pool = benchq_coordinator::server::connect(&url, 1).await?;
         benchq_coordinator::migrate(&pool).await?;
         tracing::info!("migrations applied");
