@@ -10,7 +10,7 @@ use benchq_coordinator::service::Timing;
 use tonic::Code;
 
 use crate::support::app::{
-    batch, complete_req, lease_req, snapshot, spawn_app, spawn_app_with, test_timing,
+    batch, complete_req, leased, snapshot, spawn_app, spawn_app_with, test_timing,
 };
 
 #[tokio::test]
@@ -22,13 +22,7 @@ async fn cancel_a_queued_job_a_running_job_and_a_batch() {
         .await
         .unwrap()
         .into_inner();
-    let running = c
-        .lease(lease_req("a", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let running = leased(&mut c, "a", &[0], 0).await.unwrap();
     assert_eq!(running.job.as_ref().unwrap().scenario_id, "run");
 
     // A queued job: cancelled at once, never leased.
@@ -65,14 +59,7 @@ async fn cancel_a_queued_job_a_running_job_and_a_batch() {
         .unwrap()
         .into_inner();
     assert_eq!((r.cancelled, r.stopping, r.finished), (2, 1, 1));
-    assert!(
-        c.lease(lease_req("b", &[1], 0))
-            .await
-            .unwrap()
-            .into_inner()
-            .lease
-            .is_none()
-    );
+    assert!(leased(&mut c, "b", &[1], 0).await.is_none());
 
     // The agent stops the job and reports it.
     let done = c
@@ -127,13 +114,7 @@ async fn a_cancelled_job_whose_agent_reports_an_error_is_not_retried() {
     let app = spawn_app().await;
     let mut c = app.client().await;
     c.enqueue_batch(batch(&["x"], 1)).await.unwrap();
-    let l = c
-        .lease(lease_req("a", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let l = leased(&mut c, "a", &[0], 0).await.unwrap();
     c.cancel_job(CancelJobRequest { id: l.id.clone() })
         .await
         .unwrap();
@@ -153,13 +134,7 @@ async fn a_cancelled_job_whose_agent_never_answers_ends_cancelled_when_its_lease
     .await;
     let mut c = app.client().await;
     c.enqueue_batch(batch(&["x"], 1)).await.unwrap();
-    let l = c
-        .lease(lease_req("gone", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let l = leased(&mut c, "gone", &[0], 0).await.unwrap();
     c.cancel_job(CancelJobRequest { id: l.id }).await.unwrap();
     let state = crate::reclaim::wait_for_state(&app.pool, "cancelled").await;
     assert_eq!(state, "cancelled", "finalised, not retried");
@@ -178,13 +153,7 @@ async fn an_interrupted_job_goes_back_to_the_queue_without_using_an_attempt() {
     req.shared.as_mut().unwrap().max_attempts = 1;
     c.enqueue_batch(req).await.unwrap();
     for _ in 0..3 {
-        let l = c
-            .lease(lease_req("draining", &[0], 0))
-            .await
-            .unwrap()
-            .into_inner()
-            .lease
-            .unwrap();
+        let l = leased(&mut c, "draining", &[0], 0).await.unwrap();
         assert_eq!(l.attempt, 1, "an interruption gives the attempt back");
         let done = c
             .complete(complete_req(&l.lease_token, Outcome::Interrupted))
@@ -201,13 +170,7 @@ async fn an_interrupted_job_goes_back_to_the_queue_without_using_an_attempt() {
         .await
         .unwrap();
     assert_eq!((state.as_str(), attempt), ("queued", 0));
-    let l = c
-        .lease(lease_req("fresh", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let l = leased(&mut c, "fresh", &[0], 0).await.unwrap();
     c.complete(complete_req(&l.lease_token, Outcome::Passed))
         .await
         .unwrap();
@@ -226,13 +189,7 @@ async fn agents_cannot_report_reclaimed() {
     let app = spawn_app().await;
     let mut c = app.client().await;
     c.enqueue_batch(batch(&["x"], 1)).await.unwrap();
-    let l = c
-        .lease(lease_req("a", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let l = leased(&mut c, "a", &[0], 0).await.unwrap();
     let e = c
         .complete(complete_req(&l.lease_token, Outcome::Reclaimed))
         .await

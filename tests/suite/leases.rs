@@ -10,7 +10,7 @@ use tonic::Code;
 use benchq_coordinator::service::Timing;
 
 use crate::support::app::{
-    batch, complete_req, lease_req, snapshot, spawn_app, spawn_app_with, test_timing,
+    batch, complete_req, lease_req, leased, snapshot, spawn_app, spawn_app_with, test_timing,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -177,13 +177,7 @@ async fn stale_tokens_are_refused_and_repeated_completes_are_idempotent() {
     let mut c = app.client().await;
     c.enqueue_batch(batch(&["a"], 1)).await.unwrap();
 
-    let first = c
-        .lease(lease_req("agent-1", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let first = leased(&mut c, "agent-1", &[0], 0).await.unwrap();
     assert_eq!(first.attempt, 1);
     let state = c
         .complete(complete_req(&first.lease_token, Outcome::Error))
@@ -196,13 +190,7 @@ async fn stale_tokens_are_refused_and_repeated_completes_are_idempotent() {
         JobState::Queued as i32,
         "infra error with attempts left: retried"
     );
-    let second = c
-        .lease(lease_req("agent-2", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let second = leased(&mut c, "agent-2", &[0], 0).await.unwrap();
     assert_eq!(second.attempt, 2);
     assert_eq!(second.id, first.id);
     assert_ne!(
@@ -295,21 +283,11 @@ async fn drive(outcomes: &[Outcome], max_attempts: i32) -> (String, i32, Vec<Opt
     req.shared.as_mut().unwrap().max_attempts = max_attempts;
     c.enqueue_batch(req).await.unwrap();
     for o in outcomes {
-        let l = c
-            .lease(lease_req("agent", &[0], 0))
-            .await
-            .unwrap()
-            .into_inner()
-            .lease;
+        let l = leased(&mut c, "agent", &[0], 0).await;
         let l = l.expect("a job to lease");
         c.complete(complete_req(&l.lease_token, *o)).await.unwrap();
     }
-    let nothing = c
-        .lease(lease_req("agent", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease;
+    let nothing = leased(&mut c, "agent", &[0], 0).await;
     assert!(nothing.is_none(), "no further attempt is handed out");
     let (state, attempt): (String, i32) = sqlx::query_as("SELECT state, attempt FROM jobs")
         .fetch_one(&app.pool)
@@ -360,13 +338,7 @@ async fn lease_hands_out_the_oldest_job_of_the_agents_slots_with_its_namespace()
         .unwrap();
     c.enqueue_batch(batch(&["solo"], 1)).await.unwrap();
 
-    let l = c
-        .lease(lease_req("w1", &[1], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let l = leased(&mut c, "w1", &[1], 0).await.unwrap();
     let spec = l.job.clone().unwrap();
     assert_eq!((spec.scenario_id.as_str(), spec.namespace_slot), ("a1", 1));
     assert_eq!(l.namespace, "bench-w1");
@@ -374,55 +346,24 @@ async fn lease_hands_out_the_oldest_job_of_the_agents_slots_with_its_namespace()
     c.complete(complete_req(&l.lease_token, Outcome::Passed))
         .await
         .unwrap();
-    let l = c
-        .lease(lease_req("w1", &[1], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let l = leased(&mut c, "w1", &[1], 0).await.unwrap();
     assert_eq!(l.job.unwrap().scenario_id, "a3");
     c.complete(complete_req(&l.lease_token, Outcome::Passed))
         .await
         .unwrap();
-    assert!(
-        c.lease(lease_req("w1", &[1], 0))
-            .await
-            .unwrap()
-            .into_inner()
-            .lease
-            .is_none()
-    );
+    assert!(leased(&mut c, "w1", &[1], 0).await.is_none());
 
-    let l = c
-        .lease(lease_req("w0", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let l = leased(&mut c, "w0", &[0], 0).await.unwrap();
     assert_eq!(l.job.unwrap().scenario_id, "a0");
     c.complete(complete_req(&l.lease_token, Outcome::Passed))
         .await
         .unwrap();
-    let l = c
-        .lease(lease_req("w0", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let l = leased(&mut c, "w0", &[0], 0).await.unwrap();
     assert_eq!(l.job.unwrap().scenario_id, "a2");
     c.complete(complete_req(&l.lease_token, Outcome::Passed))
         .await
         .unwrap();
-    let l = c
-        .lease(lease_req("w0", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let l = leased(&mut c, "w0", &[0], 0).await.unwrap();
     assert_eq!(l.job.unwrap().scenario_id, "solo");
     assert_eq!(l.namespace, "", "parallel 1: no namespace isolation");
 }
@@ -461,13 +402,7 @@ async fn a_retried_job_wakes_a_waiting_lease() {
     let app = spawn_app().await;
     let mut c = app.client().await;
     c.enqueue_batch(batch(&["flaky"], 1)).await.unwrap();
-    let l = c
-        .lease(lease_req("a", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let l = leased(&mut c, "a", &[0], 0).await.unwrap();
     let mut waiting = app.client().await;
     let lease = tokio::spawn(async move { waiting.lease(lease_req("b", &[0], 10_000)).await });
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -9,7 +9,7 @@ use benchq_coordinator::service::Timing;
 use tonic::Code;
 
 use crate::support::app::{
-    batch, complete_req, lease_req, snapshot, spawn_app, spawn_app_with, test_timing,
+    batch, complete_req, lease_req, leased, snapshot, spawn_app, spawn_app_with, test_timing,
 };
 
 /// A coordinator whose reaper does nothing on its own in the test's lifetime,
@@ -36,13 +36,7 @@ async fn reaper_versus_complete_the_completion_wins() {
     let app = spawn_app_with(manual_reaper(Duration::from_secs(600))).await;
     let mut c = app.client().await;
     c.enqueue_batch(batch(&["race"], 1)).await.unwrap();
-    let l = c
-        .lease(lease_req("agent", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let l = leased(&mut c, "agent", &[0], 0).await.unwrap();
     expire_all(&app.pool).await;
 
     // The reaper scans and sees the expired lease ...
@@ -78,20 +72,8 @@ async fn reaper_versus_heartbeat_and_re_lease_nothing_is_overwritten() {
     let app = spawn_app_with(manual_reaper(Duration::from_secs(600))).await;
     let mut c = app.client().await;
     c.enqueue_batch(batch(&["hb", "relet"], 2)).await.unwrap();
-    let hb = c
-        .lease(lease_req("a", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
-    let relet = c
-        .lease(lease_req("b", &[1], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let hb = leased(&mut c, "a", &[0], 0).await.unwrap();
+    let relet = leased(&mut c, "b", &[1], 0).await.unwrap();
     expire_all(&app.pool).await;
     let margin = Duration::from_secs(60);
     let found = queue::expired_leases(&app.pool, margin, 10).await.unwrap();
@@ -113,13 +95,7 @@ async fn reaper_versus_heartbeat_and_re_lease_nothing_is_overwritten() {
             .as_deref(),
         Some("queued")
     );
-    let again = c
-        .lease(lease_req("c", &[1], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let again = leased(&mut c, "c", &[1], 0).await.unwrap();
     assert_eq!(again.attempt, 2);
     let before = snapshot(&app.pool).await;
     for (id, token, reason) in found {
@@ -147,21 +123,11 @@ async fn an_expired_lease_is_reclaimed_and_its_late_complete_refused() {
         .unwrap()
         .into_inner()
         .job_id;
-    let first = c
-        .lease(lease_req("doomed", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let first = leased(&mut c, "doomed", &[0], 0).await.unwrap();
     // No heartbeat: the reaper (every 200 ms, first after one TTL) takes it back
     // and the job is handed out again, as attempt 2.
-    let second = c
-        .lease(lease_req("alive", &[0], 5_000))
+    let second = leased(&mut c, "alive", &[0], 5_000)
         .await
-        .unwrap()
-        .into_inner()
-        .lease
         .expect("the reclaimed job, handed out again");
     assert_eq!((second.id.as_str(), second.attempt), (first.id.as_str(), 2));
 
@@ -228,12 +194,7 @@ async fn an_expired_lease_on_the_last_attempt_ends_errored() {
     let mut req = batch(&["once"], 1);
     req.shared.as_mut().unwrap().max_attempts = 1;
     c.enqueue_batch(req).await.unwrap();
-    c.lease(lease_req("doomed", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    leased(&mut c, "doomed", &[0], 0).await.unwrap();
     let state = wait_for_state(&app.pool, "errored").await;
     assert_eq!(state, "errored");
 }
@@ -249,13 +210,7 @@ async fn a_job_that_heartbeats_is_never_reclaimed() {
     .await;
     let mut c = app.client().await;
     c.enqueue_batch(batch(&["long"], 1)).await.unwrap();
-    let l = c
-        .lease(lease_req("a", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let l = leased(&mut c, "a", &[0], 0).await.unwrap();
     let every = Duration::from_millis(l.heartbeat_interval_ms.into());
     let until = tokio::time::Instant::now() + ttl * 10;
     while tokio::time::Instant::now() < until {
@@ -292,13 +247,7 @@ async fn a_job_past_its_timeout_is_taken_back_from_a_hung_agent() {
     let mut req = batch(&["hang"], 1);
     req.shared.as_mut().unwrap().timeout_seconds = 1;
     c.enqueue_batch(req).await.unwrap();
-    let l = c
-        .lease(lease_req("hung", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let l = leased(&mut c, "hung", &[0], 0).await.unwrap();
     assert_eq!(l.job.as_ref().unwrap().timeout_seconds, 1);
     // The agent keeps heartbeating but never stops the job.
     let second = loop {
@@ -307,13 +256,7 @@ async fn a_job_past_its_timeout_is_taken_back_from_a_hung_agent() {
         })
         .await
         .ok();
-        if let Some(next) = c
-            .lease(lease_req("other", &[0], 200))
-            .await
-            .unwrap()
-            .into_inner()
-            .lease
-        {
+        if let Some(next) = leased(&mut c, "other", &[0], 200).await {
             break next;
         }
     };
@@ -346,13 +289,7 @@ async fn busy_slots_are_named_when_another_agent_holds_them() {
     let app = spawn_app().await;
     let mut c = app.client().await;
     c.enqueue_batch(batch(&["a", "b"], 1)).await.unwrap();
-    let held = c
-        .lease(lease_req("first", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let held = leased(&mut c, "first", &[0], 0).await.unwrap();
     let reply = c
         .lease(lease_req("second", &[0], 0))
         .await

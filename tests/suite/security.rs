@@ -13,7 +13,7 @@ use benchq_coordinator::auth::{Auth, Role, add_token};
 use tonic::Code;
 
 use crate::support::app::{
-    TestApp, batch, complete_req, lease_req, snapshot, spawn_app, spawn_app_configured,
+    TestApp, batch, complete_req, lease_req, leased, snapshot, spawn_app, spawn_app_configured,
 };
 
 /// A coordinator with tokens for two tenants, and the secrets by name.
@@ -269,28 +269,14 @@ async fn tenants_are_isolated_and_the_tenant_comes_from_the_credential() {
     assert_eq!(code(append), Code::NotFound);
 
     // A's agent never leases B's job, not even by asking for tenant B.
-    assert!(
-        agent_a
-            .lease(lease_req("a-1", &[0], 0))
-            .await
-            .unwrap()
-            .into_inner()
-            .lease
-            .is_none()
-    );
+    assert!(leased(&mut agent_a, "a-1", &[0], 0).await.is_none());
     let mut ask_b = lease_req("a-1", &[0], 0);
     ask_b.tenant_id = "b".into();
     assert_eq!(code(agent_a.lease(ask_b).await), Code::PermissionDenied);
     assert_eq!(snapshot(&app.pool).await, before, "nothing changed");
 
     // B's own agent does, and B's operator sees it.
-    let l = agent_b
-        .lease(lease_req("b-1", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let l = leased(&mut agent_b, "b-1", &[0], 0).await.unwrap();
     assert_eq!(l.job.unwrap().tenant_id, "b");
     let seen = op_b
         .get_batch(GetBatchRequest {
@@ -310,13 +296,7 @@ async fn a_stolen_lease_token_is_refused() {
     let mut owner = client_as(&app, Some(&secrets["agent-a"])).await;
     let mut thief = client_as(&app, Some(&secrets["agent-a2"])).await;
     op.enqueue_batch(batch(&["job"], 1)).await.unwrap();
-    let l = owner
-        .lease(lease_req("owner", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let l = leased(&mut owner, "owner", &[0], 0).await.unwrap();
     let before = snapshot(&app.pool).await;
 
     let hb = thief
@@ -383,13 +363,7 @@ async fn a_thousand_malformed_or_oversized_requests_are_refused_and_change_nothi
     c.enqueue_batch(batch(&["keep-1", "keep-2"], 2))
         .await
         .unwrap();
-    let held = c
-        .lease(lease_req("agent", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let held = leased(&mut c, "agent", &[0], 0).await.unwrap();
     let before = snapshot(&app.pool).await;
     let mut rng = Rng(0x5EED_BE4C_u64);
     let mut by_code: BTreeMap<String, usize> = BTreeMap::new();

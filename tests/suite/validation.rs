@@ -6,7 +6,7 @@ use benchq::proto::{
 };
 use tonic::Code;
 
-use crate::support::app::{batch, complete_req, lease_req, snapshot, spawn_app};
+use crate::support::app::{batch, complete_req, lease_req, leased, snapshot, spawn_app};
 
 fn spec(scenario: &str) -> JobSpec {
     JobSpec {
@@ -26,13 +26,7 @@ async fn every_invalid_request_is_refused_naming_the_field_and_nothing_is_writte
     c.enqueue_batch(batch(&["keep-1", "keep-2"], 2))
         .await
         .unwrap();
-    let running = c
-        .lease(lease_req("agent", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let running = leased(&mut c, "agent", &[0], 0).await.unwrap();
     let before = snapshot(&app.pool).await;
 
     let with = |f: fn(&mut EnqueueBatchRequest)| {
@@ -323,13 +317,7 @@ async fn a_large_batch_is_read_in_pages_with_counts_over_the_whole_batch() {
         .unwrap()
         .into_inner()
         .job_id;
-    let l = c
-        .lease(lease_req("a", &[0], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let l = leased(&mut c, "a", &[0], 0).await.unwrap();
     c.complete(complete_req(&l.lease_token, benchq::proto::Outcome::Passed))
         .await
         .unwrap();

@@ -450,3 +450,17 @@ pub async fn assert_each_job_ran_once(pool: &PgPool, agents: &[Proc]) {
         );
     }
 }
+
+/// One Lease call: the job handed out, if any.
+pub async fn leased(
+    c: &mut benchq::client::Client,
+    agent: &str,
+    slots: &[i32],
+    wait_ms: u32,
+) -> Option<proto::Lease> {
+    c.lease(lease_req(agent, slots, wait_ms))
+        .await
+        .expect("lease")
+        .into_inner()
+        .lease
+}
