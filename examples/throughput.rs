@@ -16,7 +16,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benchq::proto::{EnqueueBatchRequest, JobSpec, Outcome};
+use benchq::proto::Outcome;
 use benchq_agent::{Agent, AgentConfig, RunResult, Shutdown, runner_fn};
 use tokio_util::sync::CancellationToken;
 
@@ -28,17 +28,7 @@ async fn main() {
 
     let app = support::app::spawn_app().await;
     let mut c = app.client().await;
-    let scenarios: Vec<String> = (0..jobs).map(|i| format!("s{i}")).collect();
-    let batch = EnqueueBatchRequest {
-        scenario_ids: scenarios,
-        parallel: agents,
-        shared: Some(JobSpec {
-            model: "m".into(),
-            provider: "p".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let batch = support::app::numbered_batch(jobs, agents);
     let t = Instant::now();
     let batch_id = c.enqueue_batch(batch).await.unwrap().into_inner().job_id;
     let enqueue = t.elapsed();
@@ -69,16 +59,7 @@ async fn main() {
     }
 
     // Single-call latency on an idle queue.
-    let single = EnqueueBatchRequest {
-        scenario_ids: (0..200).map(|i| format!("l{i}")).collect(),
-        parallel: 1,
-        shared: Some(JobSpec {
-            model: "m".into(),
-            provider: "p".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let single = support::app::numbered_batch(200, 1);
     c.enqueue_batch(single).await.unwrap();
     let (mut lease, mut complete) = (Vec::new(), Vec::new());
     for _ in 0..200 {

@@ -92,3 +92,6 @@ CREATE TABLE attempts (
 );
 
 CREATE INDEX attempts_by_job ON attempts (job_id, started_at);
+
+-- A job has at most one attempt in progress: the one of its current lease.
+CREATE UNIQUE INDEX attempts_one_open_per_job ON attempts (job_id) WHERE outcome IS NULL;

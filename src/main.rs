@@ -147,9 +147,7 @@ async fn run(cli: Cli) -> CliResult<ExitCode> {
     match cli.command {
         Command::Enqueue(args) => {
             let request = enqueue_request(*args)?;
-            let mut c = client::connect(cli.connect.options(&cli.coordinator))
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut c = connect(&cli.connect, &url).await?;
             let reply = c
                 .enqueue_batch(request)
                 .await
@@ -162,16 +160,12 @@ async fn run(cli: Cli) -> CliResult<ExitCode> {
             output,
             with_output,
         } => {
-            let mut c = client::connect(cli.connect.options(&cli.coordinator))
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut c = connect(&cli.connect, &url).await?;
             let batch = get_batch(&url, &mut c, &batch_id, with_output).await?;
             show(&batch, output)?;
         }
         Command::Cancel { id } => {
-            let mut c = client::connect(cli.connect.options(&cli.coordinator))
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut c = connect(&cli.connect, &url).await?;
             // One id space for the operator: a batch id, else a job id.
             let reply = match c
                 .cancel_batch(proto::CancelBatchRequest { job_id: id.clone() })
@@ -197,9 +191,7 @@ async fn run(cli: Cli) -> CliResult<ExitCode> {
             timeout,
             output,
         } => {
-            let mut c = client::connect(cli.connect.options(&cli.coordinator))
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut c = connect(&cli.connect, &url).await?;
             let deadline = tokio::time::Instant::now() + timeout;
             // Poll the counts alone; fetch the whole batch once, at the end.
             loop {
@@ -220,6 +212,13 @@ async fn run(cli: Cli) -> CliResult<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reaches the coordinator at `url`, or says in one line why not.
+async fn connect(args: &client::ConnectArgs, url: &str) -> CliResult<client::Client> {
+    client::connect(args.options(url))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn enqueue_request(a: EnqueueArgs) -> CliResult<proto::EnqueueBatchRequest> {

@@ -134,7 +134,7 @@ async fn restart_keeps_data() {
 async fn a_batch_survives_a_postgres_restart_without_operator_action() {
     use std::time::Duration;
     use support::app::{
-        assert_each_job_ran_once, batch, script, spawn_agent_bin, spawn_coordinator_bin,
+        assert_each_job_ran_once, numbered_batch, script, spawn_coordinator_bin, spawn_slot_agents,
     };
 
     let _down = SERVER_UP.write().await;
@@ -144,21 +144,10 @@ async fn a_batch_survives_a_postgres_restart_without_operator_action() {
         // TTL without a heartbeat, and this test is about riding it out.
         spawn_coordinator_bin(&db_url, &["--lease-ttl", "10s", "--reap-interval", "200ms"]).await;
     let runner = script("quick.sh", "sleep 0.05\nexit 0\n");
-    let agents: Vec<_> = (0..2)
-        .map(|slot| {
-            spawn_agent_bin(
-                &url,
-                &format!("agent-{slot}"),
-                &[slot],
-                &[runner.to_str().unwrap()],
-            )
-        })
-        .collect();
-    let scenarios: Vec<String> = (0..120).map(|i| format!("s{i}")).collect();
-    let refs: Vec<&str> = scenarios.iter().map(String::as_str).collect();
+    let agents = spawn_slot_agents(&url, 2, &runner);
     let started = std::time::Instant::now();
     let mut c = benchq::client::connect(&url).await.unwrap();
-    c.enqueue_batch(batch(&refs, 2)).await.unwrap();
+    c.enqueue_batch(numbered_batch(120, 2)).await.unwrap();
 
     let pool = sqlx::postgres::PgPoolOptions::new()
         .acquire_timeout(Duration::from_secs(2))

@@ -173,6 +173,21 @@ macro_rules! cancel_rest {
     };
 }
 
+/// A running job the reaper may take back: its lease expired (the agent
+/// stopped heartbeating), or it ran `$margin` past its timeout (the agent did
+/// not stop it). Shared by the reaper's scan and its guarded write, which
+/// re-checks it; `$M` is the bind position of the margin in seconds.
+macro_rules! overdue {
+    ($m:literal) => {
+        concat!(
+            "(lease_expires_at < now() \
+              OR leased_at + make_interval(secs => timeout_seconds + $",
+            $m,
+            ") < now())"
+        )
+    };
+}
+
 /// The columns of [`JobRow`], for `concat!` into static SQL.
 macro_rules! job_columns {
     () => {
@@ -404,7 +419,7 @@ pub async fn heartbeat(
     .await?;
     match kept {
         Some(cancel_requested) => Ok(cancel_requested),
-        None => Err(not_held(pool, credential, token, None).await?),
+        None => Err(not_held(lease_record(pool, token).await?, credential, None)),
     }
 }
 
@@ -480,17 +495,14 @@ pub async fn complete(
         None => {
             drop(tx);
             // Not the current lease. The same report sent again is fine.
-            let recorded: Option<(Option<String>, String)> = sqlx::query_as(
-                "SELECT a.outcome, j.state FROM attempts a JOIN jobs j ON j.id = a.job_id \
-                 WHERE a.lease_token = $1 AND a.credential = $2",
-            )
-            .bind(token)
-            .bind(credential)
-            .fetch_optional(pool)
-            .await?;
-            match recorded {
-                Some((Some(outcome), state)) if outcome == report.outcome => Ok(state),
-                _ => Err(not_held(pool, credential, token, Some(report.outcome)).await?),
+            match lease_record(pool, token).await? {
+                Some(r)
+                    if r.credential == credential
+                        && r.outcome.as_deref() == Some(report.outcome) =>
+                {
+                    Ok(r.job_state)
+                }
+                record => Err(not_held(record, credential, Some(report.outcome))),
             }
         }
     }
@@ -507,16 +519,16 @@ pub async fn expired_leases(
     margin: Duration,
     limit: i64,
 ) -> Result<Vec<(Uuid, Uuid, String)>> {
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as(concat!(
         "SELECT id, lease_token, \
              CASE WHEN lease_expires_at < now() THEN 'lease expired: agent lost' \
              ELSE format('timeout: ran past its %ss timeout and its agent did not stop it', \
                  timeout_seconds) END \
          FROM jobs \
-         WHERE state = 'running' AND (lease_expires_at < now() \
-             OR leased_at + make_interval(secs => timeout_seconds + $1) < now()) \
-         ORDER BY lease_expires_at LIMIT $2",
-    )
+         WHERE state = 'running' AND ",
+        overdue!("1"),
+        " ORDER BY lease_expires_at LIMIT $2"
+    ))
     .bind(margin.as_secs_f64())
     .bind(limit)
     .fetch_all(pool)
@@ -539,7 +551,7 @@ pub async fn reclaim(
     margin: Duration,
 ) -> Result<Option<String>> {
     let mut tx = pool.begin().await?;
-    let state: Option<String> = sqlx::query_scalar(
+    let state: Option<String> = sqlx::query_scalar(concat!(
         "WITH done AS ( \
              UPDATE jobs SET \
                  state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' \
@@ -548,16 +560,15 @@ pub async fn reclaim(
                      THEN NULL ELSE now() END, \
                  lease_token = NULL, leased_at = NULL, lease_expires_at = NULL, \
                  heartbeat_at = NULL \
-             WHERE id = $1 AND lease_token = $2 AND state = 'running' \
-               AND (lease_expires_at < now() \
-                   OR leased_at + make_interval(secs => timeout_seconds + $4) < now()) \
-             RETURNING id, state \
+             WHERE id = $1 AND lease_token = $2 AND state = 'running' AND ",
+        overdue!("4"),
+        " RETURNING id, state \
          ), recorded AS ( \
              UPDATE attempts a SET finished_at = now(), outcome = 'RECLAIMED', error = $3 \
              FROM done WHERE a.lease_token = $2 AND a.job_id = done.id AND a.outcome IS NULL \
          ) \
-         SELECT state FROM done",
-    )
+         SELECT state FROM done"
+    ))
     .bind(id)
     .bind(token)
     .bind(reason)
@@ -620,34 +631,50 @@ pub async fn cancel(
     Ok(any.then_some(out))
 }
 
-/// The error for a `token` that is not a current lease of `credential`,
-/// explaining why.
-async fn not_held(
-    pool: &PgPool,
-    credential: &str,
-    token: Uuid,
-    outcome: Option<&str>,
-) -> Result<QueueError> {
-    let row: Option<(Uuid, i32, Option<String>, String, i32, String)> = sqlx::query_as(
-        "SELECT a.job_id, a.attempt, a.outcome, j.state, j.attempt, a.credential FROM attempts a \
-         JOIN jobs j ON j.id = a.job_id WHERE a.lease_token = $1",
+/// What is known of a lease, current or not: its attempt and the job's state.
+#[derive(Debug, FromRow)]
+struct LeaseRecord {
+    job_id: Uuid,
+    attempt: i32,
+    outcome: Option<String>,
+    credential: String,
+    job_state: String,
+    job_attempt: i32,
+}
+
+async fn lease_record(pool: &PgPool, token: Uuid) -> Result<Option<LeaseRecord>> {
+    Ok(sqlx::query_as(
+        "SELECT a.job_id, a.attempt, a.outcome, a.credential, j.state AS job_state, \
+             j.attempt AS job_attempt \
+         FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.lease_token = $1",
     )
     .bind(token)
     .fetch_optional(pool)
-    .await?;
-    Ok(QueueError::LeaseNotHeld(match row {
-        Some((.., owner)) if owner != credential => return Ok(QueueError::LeaseOfOtherCredential),
-        None => "unknown lease token".to_string(),
-        Some((job, attempt, Some(recorded), ..)) => match outcome {
-            Some(o) if o != recorded => format!(
-                "attempt {attempt} of job {job} was already completed as {recorded}, not {o}"
-            ),
-            _ => format!("attempt {attempt} of job {job} is already completed ({recorded})"),
-        },
-        Some((job, attempt, None, state, current, _)) => format!(
-            "attempt {attempt} of job {job} is no longer current (job is {state} on attempt {current})"
+    .await?)
+}
+
+/// The error for a lease token that is not a current lease of `credential`,
+/// explaining why from its `record`.
+fn not_held(record: Option<LeaseRecord>, credential: &str, outcome: Option<&str>) -> QueueError {
+    let Some(r) = record else {
+        return QueueError::LeaseNotHeld("unknown lease token".to_string());
+    };
+    if r.credential != credential {
+        return QueueError::LeaseOfOtherCredential;
+    }
+    let (job, attempt) = (r.job_id, r.attempt);
+    QueueError::LeaseNotHeld(match (r.outcome, outcome) {
+        (Some(recorded), Some(o)) if o != recorded => {
+            format!("attempt {attempt} of job {job} was already completed as {recorded}, not {o}")
+        }
+        (Some(recorded), _) => {
+            format!("attempt {attempt} of job {job} is already completed ({recorded})")
+        }
+        (None, _) => format!(
+            "attempt {attempt} of job {job} is no longer current (job is {} on attempt {})",
+            r.job_state, r.job_attempt
         ),
-    }))
+    })
 }
 
 /// Counts of a batch's jobs by state. Empty means the batch does not exist.

@@ -10,8 +10,8 @@ use benchq_coordinator::service::Timing;
 use sqlx::PgPool;
 
 use crate::support::app::{
-    Proc, assert_each_job_ran_once, batch, eventually, script, spawn_agent_bin, spawn_app_with,
-    spawn_coordinator_bin_on, state_counts, test_timing,
+    assert_each_job_ran_once, batch, eventually, numbered_batch, script, spawn_agent_bin,
+    spawn_app_with, spawn_coordinator_bin_on, spawn_slot_agents, state_counts, test_timing,
 };
 use crate::support::pg;
 
@@ -152,21 +152,10 @@ async fn a_coordinator_killed_mid_batch_and_restarted_loses_nothing_and_dispatch
     let (mut coordinator, url) = spawn_coordinator_bin_on(&listen, &db_url, &flags).await;
     let pool = PgPool::connect(&db_url).await.unwrap();
     let runner = script("quick.sh", "exit 0\n");
-    let agents: Vec<Proc> = (0..4)
-        .map(|slot| {
-            spawn_agent_bin(
-                &url,
-                &format!("agent-{slot}"),
-                &[slot],
-                &[runner.to_str().unwrap()],
-            )
-        })
-        .collect();
-    let scenarios: Vec<String> = (0..500).map(|i| format!("s{i}")).collect();
-    let refs: Vec<&str> = scenarios.iter().map(String::as_str).collect();
+    let agents = spawn_slot_agents(&url, 4, &runner);
     let started = std::time::Instant::now();
     let mut c = benchq::client::connect(&url).await.unwrap();
-    c.enqueue_batch(batch(&refs, 4)).await.unwrap();
+    c.enqueue_batch(numbered_batch(500, 4)).await.unwrap();
 
     eventually(Duration::from_secs(60), "100 jobs to finish", || {
         let pool = pool.clone();
@@ -204,20 +193,9 @@ async fn cutting_the_coordinators_database_connections_again_and_again_loses_no_
     // Cut connections fail calls for a moment: well under half this TTL.
     let app = spawn_app_with(fast_reaper(Duration::from_secs(10))).await;
     let runner = script("quick.sh", "exit 0\n");
-    let agents: Vec<Proc> = (0..2)
-        .map(|slot| {
-            spawn_agent_bin(
-                &app.url(),
-                &format!("agent-{slot}"),
-                &[slot],
-                &[runner.to_str().unwrap()],
-            )
-        })
-        .collect();
-    let scenarios: Vec<String> = (0..150).map(|i| format!("s{i}")).collect();
-    let refs: Vec<&str> = scenarios.iter().map(String::as_str).collect();
+    let agents = spawn_slot_agents(&app.url(), 2, &runner);
     let mut c = app.client().await;
-    c.enqueue_batch(batch(&refs, 2)).await.unwrap();
+    c.enqueue_batch(numbered_batch(150, 2)).await.unwrap();
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let mut cuts = 0;

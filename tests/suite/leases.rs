@@ -10,7 +10,8 @@ use tonic::Code;
 use benchq_coordinator::service::Timing;
 
 use crate::support::app::{
-    batch, complete_req, lease_req, leased, snapshot, spawn_app, spawn_app_with, test_timing,
+    batch, complete_req, lease_req, leased, numbered_batch, snapshot, spawn_app, spawn_app_with,
+    test_timing,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -25,9 +26,7 @@ async fn eight_concurrent_leasers_lease_each_of_1000_jobs_exactly_once() {
     // 1,000 jobs over 16 slots; every leaser asks for every slot, so they
     // compete for the same rows and for the same slots (one running job per
     // slot). Each leased job is completed at once, freeing its slot.
-    let scenarios: Vec<String> = (0..1000).map(|i| format!("s{i}")).collect();
-    let refs: Vec<&str> = scenarios.iter().map(String::as_str).collect();
-    c.enqueue_batch(batch(&refs, 16)).await.unwrap();
+    c.enqueue_batch(numbered_batch(1000, 16)).await.unwrap();
     let all_slots: Vec<i32> = (0..16).collect();
 
     let mut leasers = Vec::new();

@@ -6,7 +6,9 @@ use benchq::proto::{
 };
 use tonic::Code;
 
-use crate::support::app::{batch, complete_req, lease_req, leased, snapshot, spawn_app};
+use crate::support::app::{
+    batch, complete_req, lease_req, leased, numbered_batch, snapshot, spawn_app,
+};
 
 fn spec(scenario: &str) -> JobSpec {
     JobSpec {
@@ -309,10 +311,8 @@ async fn single_enqueue_appends_to_a_batch_of_its_tenant_only() {
 async fn a_large_batch_is_read_in_pages_with_counts_over_the_whole_batch() {
     let app = spawn_app().await;
     let mut c = app.client().await;
-    let scenarios: Vec<String> = (0..2500).map(|i| format!("s{i}")).collect();
-    let refs: Vec<&str> = scenarios.iter().map(String::as_str).collect();
     let batch_id = c
-        .enqueue_batch(batch(&refs, 4))
+        .enqueue_batch(numbered_batch(2500, 4))
         .await
         .unwrap()
         .into_inner()

@@ -121,6 +121,14 @@ pub fn batch(scenarios: &[&str], parallel: i32) -> EnqueueBatchRequest {
     }
 }
 
+/// A batch of `n` scenarios named `s0`, `s1`, … over `parallel` slots.
+pub fn numbered_batch(n: usize, parallel: i32) -> EnqueueBatchRequest {
+    EnqueueBatchRequest {
+        scenario_ids: (0..n).map(|i| format!("s{i}")).collect(),
+        ..batch(&[], parallel)
+    }
+}
+
 pub fn lease_req(agent: &str, slots: &[i32], wait_ms: u32) -> proto::LeaseRequest {
     proto::LeaseRequest {
         agent_id: agent.into(),
@@ -308,6 +316,20 @@ pub fn spawn_agent_bin_with(
     }
     cmd.arg("--").args(program);
     Proc::spawn(agent_id, &mut cmd, None)
+}
+
+/// One agent process per slot `0..count`, named `agent-{slot}`, running `program`.
+pub fn spawn_slot_agents(url: &str, count: i32, program: &Path) -> Vec<Proc> {
+    (0..count)
+        .map(|slot| {
+            spawn_agent_bin(
+                url,
+                &format!("agent-{slot}"),
+                &[slot],
+                &[program.to_str().expect("a UTF-8 path")],
+            )
+        })
+        .collect()
 }
 
 /// Polls `check` every 25 ms until it returns `Some`, for at most `limit`.
