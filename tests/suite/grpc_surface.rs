@@ -6,6 +6,38 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::support::app::spawn_app;
 
+/// The services reflection v1 lists at `url`, asked without a token.
+pub async fn list_services_v1(url: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1 as r1;
+    let channel = benchq::client::endpoint(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = r1::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = r1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let reply = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(r1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        reply.message_response
+    else {
+        panic!("unexpected reply {reply:?}");
+    };
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
 #[tokio::test]
 async fn reflection_lists_the_coordinator_in_v1_and_v1alpha() {
     use tonic_reflection::pb::v1 as r1;
@@ -17,25 +49,8 @@ async fn reflection_lists_the_coordinator_in_v1_and_v1alpha() {
         .await
         .unwrap();
 
+    let names = list_services_v1(&app.url()).await;
     let mut v1 = r1::server_reflection_client::ServerReflectionClient::new(channel.clone());
-    let req = r1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
-    };
-    let mut replies = v1
-        .server_reflection_info(tokio_stream::once(req))
-        .await
-        .unwrap()
-        .into_inner();
-    let reply = replies.next().await.unwrap().unwrap();
-    let Some(r1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        reply.message_response
-    else {
-        panic!("unexpected reply {reply:?}");
-    };
-    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
     assert!(
         names.contains(&"benchq.v1.Coordinator".to_string()),
         "{names:?}"

@@ -596,29 +596,10 @@ async fn sighup_reloads_the_tokens_file() {
 
 #[tokio::test]
 async fn reflection_needs_no_token_when_authentication_is_on() {
-    use tokio_stream::StreamExt;
-    use tonic_reflection::pb::v1 as r1;
     let (app, _) = app_with_tokens().await;
-    let channel = benchq::client::endpoint(&app.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut reflection = r1::server_reflection_client::ServerReflectionClient::new(channel);
-    let request = r1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
-    };
-    let reply = reflection
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .unwrap()
-        .into_inner()
-        .next()
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(format!("{reply:?}").contains("benchq.v1.Coordinator"));
+    let names = crate::grpc_surface::list_services_v1(&app.url()).await;
+    assert!(
+        names.contains(&"benchq.v1.Coordinator".to_string()),
+        "{names:?}"
+    );
 }
